@@ -1,0 +1,9 @@
+//! songgen engine: a native runtime for Tencent's SongGeneration 2 (LeVo 2).
+//!
+//! One module per component of the reference pipeline; `parity` runs the reference's golden
+//! fixtures against them.
+
+pub mod parity;
+pub mod paths;
+pub mod protocol;
+pub mod weights;

@@ -1,0 +1,1 @@
+//! The songgen CLAP + VST3 plugin (built out in its own issue).
