@@ -5,5 +5,6 @@
 
 pub mod parity;
 pub mod paths;
+pub mod progress;
 pub mod protocol;
 pub mod weights;
