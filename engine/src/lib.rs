@@ -3,8 +3,12 @@
 //! One module per component of the reference pipeline; `parity` runs the reference's golden
 //! fixtures against them.
 
+pub mod musicfm;
 pub mod parity;
 pub mod paths;
 pub mod progress;
 pub mod protocol;
+pub mod resample;
+pub mod tokenizer;
+pub mod vq;
 pub mod weights;
