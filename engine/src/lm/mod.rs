@@ -133,8 +133,9 @@ impl LanguageModel {
         let vb = WeightFile::open(weights)?
             .var_builder(dtype, device)
             .pp(WEIGHT_PREFIX);
-        let conditioners = Conditioners::load(lyrics_tok, style_tok, &cfg, vb.clone())?;
-        let model = LeLm::load(&cfg, vb)?;
+        let conditioners =
+            Conditioners::load(lyrics_tok, style_tok, &cfg, vb.clone()).map_err(one_line)?;
+        let model = LeLm::load(&cfg, vb).map_err(one_line)?;
         Ok(Self {
             pattern: DelayPattern::new(cfg.delays.clone()),
             max_gen_len: cfg.max_gen_len(),
@@ -254,6 +255,16 @@ impl LanguageModel {
     }
 }
 
+/// candle attaches a multi-line backtrace to its errors when `RUST_BACKTRACE` is set; a load
+/// error (missing or mis-shaped tensor) is reported as its one-line message.
+fn one_line(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<candle_core::Error>() {
+        Ok(candle_core::Error::WithBacktrace { inner, .. }) => anyhow::Error::new(*inner),
+        Ok(other) => anyhow::Error::new(other),
+        Err(e) => e,
+    }
+}
+
 /// Pattern columns, duplicated for the (cond, uncond) rows: `[2, 3, S]`.
 fn columns_tensor(cols: &[[u32; 3]], device: &Device) -> Result<Tensor> {
     let s = cols.len();
@@ -285,4 +296,86 @@ fn prompt_rows(t: &Tensor, special: u32) -> Result<Vec<Vec<u32>>> {
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lyrics: &str, desc: Option<&str>, gen_type: GenType) -> LmRequest {
+        LmRequest {
+            lyrics: lyrics.into(),
+            descriptions: desc.map(Into::into),
+            gen_type,
+            prompt_tokens: None,
+        }
+    }
+
+    fn texts(r: &LmRequest, v: LmVersion) -> (Option<String>, Option<String>) {
+        let t = r.texts(v);
+        (t.lyrics, t.style)
+    }
+
+    #[test]
+    fn request_texts_follow_generate_py() {
+        let s = |x: &str| Some(x.to_string());
+        let r = req("[verse]   a  b", Some("Female, POP."), GenType::Vocal);
+        assert_eq!(
+            texts(&r, LmVersion::V2),
+            (s("[verse]  a b"), s("[Musicality-very-high], female, pop."))
+        );
+        assert_eq!(
+            texts(&r, LmVersion::V1),
+            (s("[verse]  a b"), s("female, pop."))
+        );
+        let r = req("[verse] a", None, GenType::Mixed);
+        assert_eq!(
+            texts(&r, LmVersion::V2),
+            (s("[verse] a"), s("[Musicality-very-high], ."))
+        );
+        assert_eq!(texts(&r, LmVersion::V1), (s("[verse] a"), None));
+        let r = req("[verse] a", Some("Synth"), GenType::Bgm);
+        assert_eq!(
+            texts(&r, LmVersion::V2),
+            (s("."), s("[Musicality-very-high], [Pure-Music], synth"))
+        );
+        let r = req("[verse] a", None, GenType::Bgm);
+        assert_eq!(texts(&r, LmVersion::V2), (s("."), s(".")));
+    }
+
+    #[test]
+    fn uncond_row_uses_the_v2_negative_style_only_after_the_positive_tag() {
+        let t = |style: &str| TextConditions {
+            lyrics: Some("x".into()),
+            style: Some(style.into()),
+        };
+        let u = t("[Musicality-very-high], pop").unconditional(LmVersion::V2);
+        assert_eq!(u.lyrics, None);
+        assert_eq!(u.style.as_deref(), Some(conditioners::V2_NEGATIVE_STYLE));
+        assert_eq!(t(".").unconditional(LmVersion::V2).style, None);
+        assert_eq!(
+            t("[Musicality-very-high], pop")
+                .unconditional(LmVersion::V1)
+                .style,
+            None
+        );
+    }
+
+    #[test]
+    fn version_from_folder_name() {
+        for v1 in [
+            "songgeneration_base",
+            "SongGeneration-Base-Full",
+            "songgeneration_large",
+        ] {
+            assert_eq!(LmVersion::from_folder_name(v1), LmVersion::V1, "{v1}");
+        }
+        for v2 in [
+            "songgeneration_v2_large",
+            "songgeneration_v2_medium",
+            "mine",
+        ] {
+            assert_eq!(LmVersion::from_folder_name(v2), LmVersion::V2, "{v2}");
+        }
+    }
 }
