@@ -7,6 +7,7 @@ pub mod audio;
 pub mod convert;
 pub mod doctor;
 pub mod license;
+pub mod lm;
 pub mod lyrics;
 pub mod models;
 pub mod musicfm;
