@@ -3,8 +3,12 @@
 //! One module per component of the reference pipeline; `parity` runs the reference's golden
 //! fixtures against them.
 
+pub mod flow;
 pub mod parity;
 pub mod paths;
 pub mod progress;
 pub mod protocol;
+pub mod render;
+pub mod rvq;
+pub mod vae;
 pub mod weights;
