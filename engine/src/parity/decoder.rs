@@ -31,23 +31,33 @@ fn config<T: DeserializeOwned>(manifest: &Manifest, key: &str) -> Result<T> {
     serde_json::from_value(v.clone()).with_context(|| format!("manifest config.{key}"))
 }
 
+/// The render config of a fixture manifest (`config.{flow, vae, window, vae_chunk}`).
+pub fn render_config(manifest: &Manifest) -> Result<RenderConfig> {
+    Ok(RenderConfig {
+        flow: config::<FlowConfig>(manifest, "flow")?,
+        vae: config::<VaeConfig>(manifest, "vae")?,
+        window: config::<WindowConfig>(manifest, "window")?,
+        vae_chunk: config::<ChunkConfig>(manifest, "vae_chunk")?,
+    })
+}
+
+/// The renderer of a decoder fixture directory (its tiny random-weight models), F32.
+pub fn load_renderer(dir: &Path, manifest: &Manifest, device: &Device) -> Result<Renderer> {
+    let flow = WeightFile::open(manifest.weight_path(dir, Some("flow"))?)?;
+    // The VAE as the release ships it (a Lightning pickle) when the fixtures include one.
+    let vae_key = if manifest.weights.get("vae_ckpt").is_some() {
+        "vae_ckpt"
+    } else {
+        "vae"
+    };
+    let vae = WeightFile::open(manifest.weight_path(dir, Some(vae_key))?)?;
+    Renderer::from_files(flow, vae, render_config(manifest)?, device, DType::F32)
+}
+
 impl DecoderSuite {
     pub fn load(dir: &Path, manifest: &Manifest, device: &Device) -> Result<Self> {
-        let cfg = RenderConfig {
-            flow: config::<FlowConfig>(manifest, "flow")?,
-            vae: config::<VaeConfig>(manifest, "vae")?,
-            window: config::<WindowConfig>(manifest, "window")?,
-            vae_chunk: config::<ChunkConfig>(manifest, "vae_chunk")?,
-        };
-        let flow = WeightFile::open(manifest.weight_path(dir, Some("flow"))?)?;
-        let vae_key = if manifest.weights.get("vae_ckpt").is_some() {
-            "vae_ckpt"
-        } else {
-            "vae"
-        };
-        let vae = WeightFile::open(manifest.weight_path(dir, Some(vae_key))?)?;
         Ok(Self {
-            renderer: Renderer::from_files(flow, vae, cfg, device, DType::F32)?,
+            renderer: load_renderer(dir, manifest, device)?,
             device: device.clone(),
         })
     }
