@@ -83,12 +83,12 @@ fn load_with_flow(flow: &Path) -> String {
     let dir = fixture_dir("decoder");
     let manifest = Manifest::read(&dir).unwrap();
     let vae = WeightFile::open(manifest.weight_path(&dir, Some("vae")).unwrap()).unwrap();
-    let flow = match WeightFile::open(flow) {
+    let file = match WeightFile::open(flow) {
         Ok(f) => f,
         Err(e) => return e.to_string(),
     };
     match Renderer::from_files(
-        flow,
+        file,
         vae,
         render_config(&manifest).unwrap(),
         &Device::Cpu,
