@@ -3,6 +3,7 @@
 //! One module per component of the reference pipeline; `parity` runs the reference's golden
 //! fixtures against them.
 
+pub mod demucs;
 pub mod musicfm;
 pub mod parity;
 pub mod paths;
