@@ -16,6 +16,8 @@ use crate::demucs::{HtDemucs, HtDemucsConfig};
 use crate::musicfm::{MusicFm, MusicFmConfig};
 use crate::resample::Resampler;
 use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
+use crate::vae::encoder::OobleckEncoder;
+use crate::vae::VaeConfig;
 use crate::vq::VqEncoder;
 use crate::weights::WeightFile;
 
@@ -208,6 +210,35 @@ impl Suite for PromptSuite {
                 ]))
             }
             "demucs_separate" => self.demucs_separate(case, inputs),
+            "vae_encode" => {
+                let vb = self.vb(case)?;
+                let enc: serde_json::Value = self.config("vae_encoder")?;
+                let get = |k: &str| -> Result<serde_json::Value> {
+                    enc.get(k)
+                        .cloned()
+                        .with_context(|| format!("manifest config.vae_encoder has no {k:?}"))
+                };
+                let cfg = VaeConfig {
+                    channels: serde_json::from_value(get("channels")?)?,
+                    c_mults: serde_json::from_value(get("c_mults")?)?,
+                    strides: serde_json::from_value(get("strides")?)?,
+                    latent_dim: param(case, "latent_dim")?,
+                    encoder_latent_dim: serde_json::from_value(get("latent_dim")?)?,
+                    in_channels: serde_json::from_value(get("in_channels")?)?,
+                    downsampling_ratio: param(case, "downsampling_ratio")?,
+                    ..VaeConfig::default()
+                };
+                let encoder = OobleckEncoder::load(vb.pp(prefix(case, "prefix")?), &cfg)?;
+                let trace = encoder.encode_traced(input(case, inputs, "in.audio")?)?;
+                let sample = trace
+                    .posterior
+                    .sample_with(input(case, inputs, "in.eps")?)?;
+                Ok(out(vec![
+                    ("out.mean", trace.posterior.mean),
+                    ("out.scale", trace.posterior.scale),
+                    ("out.sample", sample),
+                ]))
+            }
             other => bail!("unknown prompt unit {other:?}"),
         }
     }
