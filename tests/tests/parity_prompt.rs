@@ -1,4 +1,4 @@
-//! The prompt (renderer) against the reference's golden fixtures.
+//! The prompt encoders (resamplers, MusicFM, VQ, tokenizers, HTDemucs, VAE encoder) against the reference's golden fixtures.
 
 #[test]
 fn prompt_parity_fixtures_pass() {
