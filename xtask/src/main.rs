@@ -1,5 +1,7 @@
 //! Project tasks: `cargo xtask parity <DIR>...` (more subcommands live alongside it).
 
+mod plugin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,11 +27,15 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("parity") => parity_cmd(&args[1..]),
+        Some("bundle" | "bundle-universal" | "known-packages") => {
+            plugin::bundle(args).map(|()| ExitCode::SUCCESS)
+        }
+        Some("install") => plugin::install(&args[1..]).map(|()| ExitCode::SUCCESS),
         Some("-h" | "--help") | None => {
-            println!("{USAGE}");
+            println!("{USAGE}\n{}", plugin::USAGE);
             Ok(ExitCode::SUCCESS)
         }
-        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}\n{}", plugin::USAGE),
     }
 }
 
