@@ -3,8 +3,21 @@
 //! One module per component of the reference pipeline; `parity` runs the reference's golden
 //! fixtures against them.
 
+pub mod audio;
+pub mod convert;
+pub mod doctor;
+pub mod license;
+pub mod lyrics;
+pub mod models;
+pub mod musicfm;
 pub mod parity;
 pub mod paths;
+pub mod pipeline;
 pub mod progress;
 pub mod protocol;
+pub mod resample;
+pub mod service;
+pub mod tags;
+pub mod tokenizer;
+pub mod vq;
 pub mod weights;

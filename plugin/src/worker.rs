@@ -579,6 +579,7 @@ impl Worker {
             seed: draft.seed,
             sampling: draft.sampling,
             out_dir,
+            overwrite: false,
         };
         let anchor_seconds = self
             .params

@@ -14,7 +14,11 @@ fn find_scanner() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ARDOUR_VST3_SCANNER") {
         return Some(PathBuf::from(p));
     }
-    for root in ["/opt/ardour-scanner/usr/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu"] {
+    for root in [
+        "/opt/ardour-scanner/usr/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+    ] {
         let Ok(entries) = std::fs::read_dir(root) else {
             continue;
         };
@@ -75,6 +79,9 @@ fn ardour_scanner_loads_the_vst3_bundle_and_sees_all_buses() {
     ] {
         assert!(text.contains(attr), "missing {attr}:\n{text}");
     }
-    assert!(text.contains("dir: kOutput type: kAux n_busses: 3"), "{text}");
+    assert!(
+        text.contains("dir: kOutput type: kAux n_busses: 3"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
