@@ -15,7 +15,10 @@ use nice_plug_egui::{
     create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp,
     RepaintNotifier,
 };
+use songgen_engine::license;
+use songgen_engine::pipeline::AUTO_PROMPT_GENRES;
 use songgen_engine::protocol::GenType;
+use songgen_engine::tags::{self, Dimension};
 
 use crate::capture::{CapturePhase, CaptureSource};
 use crate::files;
@@ -28,71 +31,13 @@ use crate::worker::{Command, EngineState, Shared, UiStatus};
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 700;
 
-const GENDERS: &[&str] = &["", "female", "male"];
-const TIMBRES: &[&str] = &[
-    "", "dark", "bright", "soft", "warm", "powerful", "breathy", "raspy", "airy",
-];
-const GENRES: &[&str] = &[
-    "",
-    "pop",
-    "rock",
-    "electronic",
-    "hip-hop",
-    "r&b",
-    "jazz",
-    "folk",
-    "country",
-    "metal",
-    "reggae",
-    "dance",
-    "blues",
-    "soul",
-    "punk",
-    "classical",
-];
-const EMOTIONS: &[&str] = &[
-    "",
-    "happy",
-    "sad",
-    "energetic",
-    "romantic",
-    "melancholic",
-    "uplifting",
-    "angry",
-    "calm",
-    "dreamy",
-];
-const INSTRUMENTS: &[&str] = &[
-    "",
+/// Common instrument combinations offered first (any vocabulary instrument can be added).
+const INSTRUMENT_PRESETS: &[&str] = &[
     "piano and drums",
     "acoustic guitar",
     "electric guitar and drums",
     "synthesizer and drums",
-    "bass and drums",
-    "strings",
-    "piano",
 ];
-/// Genres of the engine's auto-prompt library.
-const AUTO_GENRES: &[&str] = &[
-    "Auto",
-    "Pop",
-    "R&B",
-    "Dance",
-    "Jazz",
-    "Folk",
-    "Rock",
-    "Chinese Style",
-    "Chinese Tradition",
-    "Metal",
-    "Reggae",
-    "Chinese Opera",
-];
-
-const LICENCE_NOTICE: &str = "SongGen runs Tencent's SongGeneration 2 (LeVo 2) model. The model \
-weights are not part of this plugin: they are downloaded separately (`songgen fetch`) and are \
-licensed by Tencent under its own terms, which restrict commercial use and use by some parties. \
-By continuing you confirm that you have read and accept the licence that comes with the weights, \
-and that you are responsible for how you use what they generate.";
 
 pub fn create(
     state: Arc<EguiEditorState>,
@@ -146,7 +91,7 @@ impl EditorApp {
             draft_version: u64::MAX,
             check: lyrics::Check::default(),
             cursor: None,
-            licence_accepted: files::licence_accepted(),
+            licence_accepted: license::is_accepted(),
             export_dir,
         }
     }
@@ -217,6 +162,8 @@ impl NiceEguiApp for EditorApp {
                 changed |= self.prompt_panel(ui, &status);
                 ui.separator();
                 self.takes_panel(ui, &takes);
+                ui.separator();
+                self.engine_panel(ui);
             });
         });
         if changed {
@@ -353,23 +300,31 @@ impl EditorApp {
         let d = &mut self.draft;
         ui.heading("Style");
         egui::Grid::new("tags").num_columns(2).show(ui, |ui| {
-            for (label, value, options) in [
-                ("Gender", &mut d.tags.gender, GENDERS),
-                ("Timbre", &mut d.tags.timbre, TIMBRES),
-                ("Genre", &mut d.tags.genre, GENRES),
-                ("Emotion", &mut d.tags.emotion, EMOTIONS),
-                ("Instruments", &mut d.tags.instruments, INSTRUMENTS),
+            for (label, value, dim) in [
+                ("Gender", &mut d.tags.gender, Dimension::Gender),
+                ("Timbre", &mut d.tags.timbre, Dimension::Timbre),
+                ("Genre", &mut d.tags.genre, Dimension::Genre),
+                ("Emotion", &mut d.tags.emotion, Dimension::Emotion),
             ] {
                 ui.label(label);
-                changed |= pick(ui, label, value, options);
+                changed |= pick(ui, label, value, dim.vocabulary());
                 ui.end_row();
             }
+            ui.label("Instruments");
+            changed |= pick_instruments(ui, &mut d.tags.instruments);
+            ui.end_row();
             ui.label("BPM");
             ui.horizontal(|ui| {
-                changed |= ui
-                    .add(egui::DragValue::new(&mut d.tags.bpm).range(0..=240))
-                    .changed();
-                ui.label(RichText::new("0 = let the model choose").weak());
+                let mut auto = d.tags.bpm == 0;
+                if ui.checkbox(&mut auto, "auto").changed() {
+                    d.tags.bpm = if auto { 0 } else { 120 };
+                    changed = true;
+                }
+                if !auto {
+                    changed |= ui
+                        .add(egui::DragValue::new(&mut d.tags.bpm).range(tags::BPM_RANGE))
+                        .changed();
+                }
             });
             ui.end_row();
             ui.label("More");
@@ -411,6 +366,14 @@ impl EditorApp {
         });
         if let Some(desc) = d.tags.descriptions() {
             ui.label(RichText::new(format!("→ “{desc}”")).weak().small());
+            let style = tags::check_style(&desc);
+            if !style.is_clean() {
+                ui.label(
+                    RichText::new(format!("⚠ {}", style.report()))
+                        .color(Color32::YELLOW)
+                        .small(),
+                );
+            }
         }
         egui::CollapsingHeader::new("Advanced sampling").show(ui, |ui| {
             let s = &mut d.sampling;
@@ -502,8 +465,8 @@ impl EditorApp {
                 egui::ComboBox::from_id_salt("auto-genre")
                     .selected_text(genre.as_str())
                     .show_ui(ui, |ui| {
-                        for g in AUTO_GENRES {
-                            changed |= ui.selectable_value(genre, g.to_string(), *g).changed();
+                        for g in AUTO_PROMPT_GENRES {
+                            changed |= ui.selectable_value(genre, g.to_string(), g).changed();
                         }
                     });
             }
@@ -681,6 +644,49 @@ impl EditorApp {
         });
     }
 
+    fn engine_panel(&mut self, ui: &mut egui::Ui) {
+        egui::CollapsingHeader::new("Engine settings").show(ui, |ui| {
+            let mut settings = self.params.engine.read().clone();
+            let before = settings.clone();
+            egui::Grid::new("engine").num_columns(2).show(ui, |ui| {
+                ui.label("Engine");
+                ui.add(
+                    egui::TextEdit::singleline(&mut settings.engine_path)
+                        .hint_text("search: $SONGGEN_ENGINE, next to the plugin, PATH")
+                        .desired_width(320.0),
+                );
+                ui.end_row();
+                ui.label("Model folder");
+                ui.add(
+                    egui::TextEdit::singleline(&mut settings.model_dir)
+                        .hint_text("default: the folder `songgen fetch` downloads to")
+                        .desired_width(320.0),
+                );
+                ui.end_row();
+                ui.label("Device");
+                ui.horizontal(|ui| {
+                    for d in ["auto", "cpu", "cuda"] {
+                        let on =
+                            settings.device == d || (d == "auto" && settings.device.is_empty());
+                        if ui.radio(on, d).clicked() {
+                            settings.device = d.to_owned();
+                        }
+                    }
+                });
+                ui.end_row();
+                ui.label("Extra arguments");
+                ui.add(egui::TextEdit::singleline(&mut settings.extra_args).desired_width(320.0));
+                ui.end_row();
+            });
+            if settings != before {
+                self.params.engine.update(|s| *s = settings);
+            }
+            if ui.button("Apply and restart the engine").clicked() {
+                self.send(Command::RestartEngine);
+            }
+        });
+    }
+
     fn generate_bar(&mut self, ui: &mut egui::Ui, status: &UiStatus) {
         ui.add_space(4.0);
         ui.horizontal(|ui| match &status.job {
@@ -727,11 +733,14 @@ impl EditorApp {
             .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
             .show(ui.ctx(), |ui| {
                 ui.set_max_width(460.0);
-                ui.label(LICENCE_NOTICE);
+                ui.label(license::NOTICE);
                 ui.add_space(8.0);
                 if ui.button("I have read the licence and accept it").clicked() {
-                    match files::accept_licence() {
-                        Ok(()) => self.licence_accepted = true,
+                    match license::record_acceptance() {
+                        Ok(()) => {
+                            self.licence_accepted = true;
+                            self.send(Command::RestartEngine);
+                        }
                         Err(e) => {
                             self.status
                                 .lock()
@@ -744,8 +753,8 @@ impl EditorApp {
     }
 }
 
-/// A combo box of presets for one style tag; returns whether it changed.
-fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, options: &[&str]) -> bool {
+/// A combo box over one dimension's vocabulary (plus "none"); returns whether it changed.
+fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, vocabulary: &[&str]) -> bool {
     let mut changed = false;
     let shown = if value.is_empty() {
         "—"
@@ -755,12 +764,57 @@ fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, options: &[&str]) -> bo
     egui::ComboBox::from_id_salt(id)
         .selected_text(shown.to_owned())
         .width(200.0)
+        .height(300.0)
         .show_ui(ui, |ui| {
-            for o in options {
-                let label = if o.is_empty() { "—" } else { o };
-                changed |= ui.selectable_value(value, o.to_string(), label).changed();
+            changed |= ui.selectable_value(value, String::new(), "—").changed();
+            for o in vocabulary {
+                changed |= ui.selectable_value(value, o.to_string(), *o).changed();
             }
         });
+    changed
+}
+
+/// Instruments: free text plus a menu that adds one ("piano" + "drums" = "piano and drums").
+fn pick_instruments(ui: &mut egui::Ui, value: &mut String) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        changed |= ui
+            .add(
+                egui::TextEdit::singleline(value)
+                    .hint_text("e.g. piano and drums")
+                    .desired_width(170.0),
+            )
+            .changed();
+        ui.menu_button("+", |ui| {
+            egui::ScrollArea::vertical()
+                .max_height(300.0)
+                .show(ui, |ui| {
+                    for preset in INSTRUMENT_PRESETS {
+                        if ui.button(*preset).clicked() {
+                            *value = preset.to_string();
+                            changed = true;
+                            ui.close();
+                        }
+                    }
+                    ui.separator();
+                    for inst in Dimension::Instrument.vocabulary() {
+                        if ui.button(*inst).clicked() {
+                            if value.trim().is_empty() {
+                                *value = inst.to_string();
+                            } else {
+                                *value = format!("{} and {inst}", value.trim());
+                            }
+                            changed = true;
+                            ui.close();
+                        }
+                    }
+                });
+        });
+        if !value.is_empty() && ui.small_button("✖").clicked() {
+            value.clear();
+            changed = true;
+        }
+    });
     changed
 }
 
