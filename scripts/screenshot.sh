@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Renders the plugin's editor under Xvfb and saves a PNG (default docs/plugin-editor.png).
 #
-# Runs the standalone build with the dummy audio backend, a fresh cache, the licence already
-# acknowledged, and the protocol test engine (tests/src/bin/songgen-test-engine.rs) standing in
+# Runs the standalone build with the dummy audio backend, a fresh cache and songgen home with the
+# licence already acknowledged, and the protocol test engine (tests/src/bin/songgen-test-engine.rs) standing in
 # for `songgen serve --stdio`, so no model weights are needed. It types lyrics, presses
 # Generate twice to fill the take list, then takes the screenshot.
 #
@@ -34,9 +34,11 @@ xvfb=$!
 sleep 1
 export DISPLAY=$display
 export SONGGEN_CACHE_DIR=$work/cache
+export SONGGEN_HOME=$work/home
 export SONGGEN_ENGINE=$target/debug/songgen-test-engine
 export SONGGEN_TEST_ENGINE_SECONDS=3
-mkdir -p "$SONGGEN_CACHE_DIR" && echo accepted > "$SONGGEN_CACHE_DIR/licence-accepted"
+# The licence record `songgen` itself writes (songgen_engine::license).
+mkdir -p "$SONGGEN_HOME" && echo tencent-songgeneration-research-license > "$SONGGEN_HOME/license-accepted"
 
 "$target/debug/songgen-plugin-standalone" --backend dummy >"$work/app.log" 2>&1 &
 app=$!
@@ -52,7 +54,12 @@ sleep 2
 # Lyrics: select the default text and type a song.
 xdotool mousemove --window "$win" 200 200 click 1
 xdotool key --window "$win" ctrl+a
-xdotool type --window "$win" --delay 5 "[intro-short]
+# (`xdotool type` does not turn newlines into Return, so lines are typed one by one.)
+while IFS= read -r line; do
+  [ -n "$line" ] && xdotool type --window "$win" --delay 5 "$line"
+  xdotool key --window "$win" Return
+done <<'LYRICS'
+[intro-short]
 
 [verse]
 Streetlights flicker in the rain
@@ -63,7 +70,7 @@ Hold on, hold on to the night
 We are the echo of the light
 
 [outro-short]
-"
+LYRICS
 sleep 0.5
 # Generate twice (the bottom-left button), waiting for each take.
 for _ in 1 2; do

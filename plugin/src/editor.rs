@@ -185,17 +185,17 @@ fn header(ui: &mut egui::Ui, status: &UiStatus, worker: &Sender<Command>) {
         ui.separator();
         let (color, text) = match &status.engine {
             EngineState::NotStarted => (Color32::GRAY, "engine: not started".to_owned()),
-            EngineState::Starting => (Color32::YELLOW, "engine: loading model…".to_owned()),
+            EngineState::Starting => (Color32::YELLOW, "engine: loading model...".to_owned()),
             EngineState::Ready { model, device } => (
                 Color32::LIGHT_GREEN,
                 format!("engine ready: {model} on {device}"),
             ),
             EngineState::Restarting { reason } => {
-                (Color32::ORANGE, format!("{reason}; restarting…"))
+                (Color32::ORANGE, format!("{reason}; restarting..."))
             }
             EngineState::Failed { reason } => (Color32::LIGHT_RED, reason.clone()),
         };
-        ui.label(RichText::new("●").color(color));
+        status_dot(ui, color);
         ui.label(text);
         if ui.small_button("Restart engine").clicked() {
             let _ = worker.send(Command::RestartEngine);
@@ -224,7 +224,7 @@ impl EditorApp {
                 }
             }
             for (name, tags) in INSTRUMENTAL_TAGS {
-                ui.menu_button(format!("[{name}] ▾"), |ui| {
+                ui.menu_button(format!("[{name}-...]"), |ui| {
                     for tag in tags {
                         if ui.button(tag).clicked() {
                             self.insert_tag(tag);
@@ -240,7 +240,7 @@ impl EditorApp {
             .desired_rows(22)
             .desired_width(f32::INFINITY)
             .font(egui::TextStyle::Monospace)
-            .hint_text("[verse]\nfirst line\nsecond line\n\n[chorus]\n…")
+            .hint_text("[verse]\nfirst line\nsecond line\n\n[chorus]\n...")
             .show(ui);
         if let Some(range) = out.cursor_range {
             self.cursor = Some(range.primary.index.0);
@@ -252,12 +252,12 @@ impl EditorApp {
             self.check = lyrics::check(&self.draft.lyrics);
         }
         if self.check.errors.is_empty() && self.check.warnings.is_empty() {
-            ui.label(RichText::new("✔ lyrics look good").color(Color32::LIGHT_GREEN));
+            ui.label(RichText::new("Lyrics OK").color(Color32::LIGHT_GREEN));
         }
         for issue in &self.check.errors {
             ui.label(
                 RichText::new(format!(
-                    "✖ line {}: {} — {}",
+                    "Line {}: {} ({})",
                     issue.line, issue.message, issue.fix
                 ))
                 .color(Color32::LIGHT_RED),
@@ -266,7 +266,7 @@ impl EditorApp {
         for issue in &self.check.warnings {
             ui.label(
                 RichText::new(format!(
-                    "⚠ line {}: {} — {}",
+                    "Line {}: {} ({}; fixed automatically)",
                     issue.line, issue.message, issue.fix
                 ))
                 .color(Color32::YELLOW),
@@ -365,14 +365,10 @@ impl EditorApp {
             ui.end_row();
         });
         if let Some(desc) = d.tags.descriptions() {
-            ui.label(RichText::new(format!("→ “{desc}”")).weak().small());
+            ui.label(RichText::new(format!("Style text: {desc}")).weak().small());
             let style = tags::check_style(&desc);
             if !style.is_clean() {
-                ui.label(
-                    RichText::new(format!("⚠ {}", style.report()))
-                        .color(Color32::YELLOW)
-                        .small(),
-                );
+                ui.label(RichText::new(style.report()).color(Color32::YELLOW).small());
             }
         }
         egui::CollapsingHeader::new("Advanced sampling").show(ui, |ui| {
@@ -502,12 +498,12 @@ impl EditorApp {
             let phase = self.shared.capture.phase();
             match phase {
                 CapturePhase::Idle => {
-                    if ui.button("⏺ Arm capture").clicked() {
+                    if ui.button("Arm capture").clicked() {
                         self.shared.capture.arm();
                     }
                 }
                 _ => {
-                    if ui.button("⏹ Disarm").clicked() {
+                    if ui.button("Disarm").clicked() {
                         self.shared.capture.disarm();
                     }
                 }
@@ -576,7 +572,7 @@ impl EditorApp {
             .id_salt("take-list")
             .max_height(160.0)
             .show(ui, |ui| {
-                for t in takes.list.iter().rev() {
+                for (n, t) in takes.list.iter().enumerate().rev() {
                     let selected = takes.selected.as_deref() == Some(t.id.as_str());
                     let (state, color) = match &t.status {
                         TakeStatus::Running => ("generating".to_owned(), Color32::YELLOW),
@@ -588,8 +584,11 @@ impl EditorApp {
                     };
                     let seed = t.seed.map_or("random".to_owned(), |s| s.to_string());
                     let text = RichText::new(format!(
-                        "{}  ·  {}  ·  seed {}  ·  {}",
-                        t.id, state, seed, t.prompt
+                        "Take {}  ·  {}  ·  seed {}  ·  prompt: {}",
+                        n + 1,
+                        state,
+                        seed,
+                        t.prompt
                     ))
                     .color(color);
                     if ui.selectable_label(selected, text).clicked() {
@@ -692,7 +691,7 @@ impl EditorApp {
         ui.horizontal(|ui| match &status.job {
             None => {
                 let ok = self.check.is_ok() && self.licence_accepted;
-                let button = egui::Button::new(RichText::new("▶ Generate").heading());
+                let button = egui::Button::new(RichText::new("Generate").heading());
                 if ui.add_enabled(ok, button).clicked() {
                     self.commit_draft();
                     self.send(Command::Generate);
@@ -702,7 +701,7 @@ impl EditorApp {
                 }
             }
             Some(job) => {
-                if ui.button(RichText::new("■ Cancel").heading()).clicked() {
+                if ui.button(RichText::new("Cancel").heading()).clicked() {
                     self.send(Command::Cancel);
                 }
                 let stage = job.stage.map_or("waiting for the engine".to_owned(), |s| {
@@ -751,6 +750,12 @@ impl EditorApp {
                 }
             });
     }
+}
+
+/// A small filled circle in `color` (the default fonts have no bullet glyphs).
+fn status_dot(ui: &mut egui::Ui, color: Color32) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(12.0, 12.0), egui::Sense::hover());
+    ui.painter().circle_filled(rect.center(), 5.0, color);
 }
 
 /// A combo box over one dimension's vocabulary (plus "none"); returns whether it changed.
@@ -810,7 +815,7 @@ fn pick_instruments(ui: &mut egui::Ui, value: &mut String) -> bool {
                     }
                 });
         });
-        if !value.is_empty() && ui.small_button("✖").clicked() {
+        if !value.is_empty() && ui.small_button("x").clicked() {
             value.clear();
             changed = true;
         }
