@@ -249,6 +249,16 @@ fn sampling_is_reproducible_per_seed_and_cancellable() {
         .unwrap_err();
     assert!(err.downcast_ref::<Cancelled>().is_some(), "{err:#}");
     assert_eq!(steps, 3, "stops at the step boundary");
+
+    lm.set_max_gen_len(10_000);
+    let err = lm
+        .generate(&req, &opts, 1, &mut no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10000 frames need 10956 positions, more than max_position_embeddings 10000"),
+        "{err}"
+    );
 }
 
 #[test]
