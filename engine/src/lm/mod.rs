@@ -106,7 +106,10 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Loads the model folder and the runtime's Qwen2 tokenizer.
     pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg = LmConfig::from_yaml_file(&paths.config_yaml(), &[paths.runtime_dir.clone()])?;
+        let cfg = LmConfig::from_yaml_file(
+            &paths.config_yaml(),
+            std::slice::from_ref(&paths.runtime_dir),
+        )?;
         Self::from_parts(
             cfg,
             &paths.tokenizer_dir(),
