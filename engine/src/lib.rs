@@ -4,7 +4,9 @@
 //! fixtures against them.
 
 pub mod audio;
+pub mod auto_prompt;
 pub mod convert;
+pub mod demucs;
 pub mod doctor;
 pub mod flow;
 pub mod license;
@@ -16,6 +18,7 @@ pub mod parity;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
+pub mod prompt;
 pub mod protocol;
 pub mod render;
 pub mod resample;

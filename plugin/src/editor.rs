@@ -15,7 +15,10 @@ use nice_plug_egui::{
     create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp,
     RepaintNotifier,
 };
+use songgen_engine::license;
+use songgen_engine::pipeline::AUTO_PROMPT_GENRES;
 use songgen_engine::protocol::GenType;
+use songgen_engine::tags::{self, Dimension};
 
 use crate::capture::{CapturePhase, CaptureSource};
 use crate::files;
@@ -28,71 +31,13 @@ use crate::worker::{Command, EngineState, Shared, UiStatus};
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 700;
 
-const GENDERS: &[&str] = &["", "female", "male"];
-const TIMBRES: &[&str] = &[
-    "", "dark", "bright", "soft", "warm", "powerful", "breathy", "raspy", "airy",
-];
-const GENRES: &[&str] = &[
-    "",
-    "pop",
-    "rock",
-    "electronic",
-    "hip-hop",
-    "r&b",
-    "jazz",
-    "folk",
-    "country",
-    "metal",
-    "reggae",
-    "dance",
-    "blues",
-    "soul",
-    "punk",
-    "classical",
-];
-const EMOTIONS: &[&str] = &[
-    "",
-    "happy",
-    "sad",
-    "energetic",
-    "romantic",
-    "melancholic",
-    "uplifting",
-    "angry",
-    "calm",
-    "dreamy",
-];
-const INSTRUMENTS: &[&str] = &[
-    "",
+/// Common instrument combinations offered first (any vocabulary instrument can be added).
+const INSTRUMENT_PRESETS: &[&str] = &[
     "piano and drums",
     "acoustic guitar",
     "electric guitar and drums",
     "synthesizer and drums",
-    "bass and drums",
-    "strings",
-    "piano",
 ];
-/// Genres of the engine's auto-prompt library.
-const AUTO_GENRES: &[&str] = &[
-    "Auto",
-    "Pop",
-    "R&B",
-    "Dance",
-    "Jazz",
-    "Folk",
-    "Rock",
-    "Chinese Style",
-    "Chinese Tradition",
-    "Metal",
-    "Reggae",
-    "Chinese Opera",
-];
-
-const LICENCE_NOTICE: &str = "SongGen runs Tencent's SongGeneration 2 (LeVo 2) model. The model \
-weights are not part of this plugin: they are downloaded separately (`songgen fetch`) and are \
-licensed by Tencent under its own terms, which restrict commercial use and use by some parties. \
-By continuing you confirm that you have read and accept the licence that comes with the weights, \
-and that you are responsible for how you use what they generate.";
 
 pub fn create(
     state: Arc<EguiEditorState>,
@@ -146,7 +91,7 @@ impl EditorApp {
             draft_version: u64::MAX,
             check: lyrics::Check::default(),
             cursor: None,
-            licence_accepted: files::licence_accepted(),
+            licence_accepted: license::is_accepted(),
             export_dir,
         }
     }
@@ -217,6 +162,8 @@ impl NiceEguiApp for EditorApp {
                 changed |= self.prompt_panel(ui, &status);
                 ui.separator();
                 self.takes_panel(ui, &takes);
+                ui.separator();
+                self.engine_panel(ui);
             });
         });
         if changed {
@@ -238,17 +185,17 @@ fn header(ui: &mut egui::Ui, status: &UiStatus, worker: &Sender<Command>) {
         ui.separator();
         let (color, text) = match &status.engine {
             EngineState::NotStarted => (Color32::GRAY, "engine: not started".to_owned()),
-            EngineState::Starting => (Color32::YELLOW, "engine: loading model…".to_owned()),
+            EngineState::Starting => (Color32::YELLOW, "engine: loading model...".to_owned()),
             EngineState::Ready { model, device } => (
                 Color32::LIGHT_GREEN,
                 format!("engine ready: {model} on {device}"),
             ),
             EngineState::Restarting { reason } => {
-                (Color32::ORANGE, format!("{reason}; restarting…"))
+                (Color32::ORANGE, format!("{reason}; restarting..."))
             }
             EngineState::Failed { reason } => (Color32::LIGHT_RED, reason.clone()),
         };
-        ui.label(RichText::new("●").color(color));
+        status_dot(ui, color);
         ui.label(text);
         if ui.small_button("Restart engine").clicked() {
             let _ = worker.send(Command::RestartEngine);
@@ -277,7 +224,7 @@ impl EditorApp {
                 }
             }
             for (name, tags) in INSTRUMENTAL_TAGS {
-                ui.menu_button(format!("[{name}] ▾"), |ui| {
+                ui.menu_button(format!("[{name}-...]"), |ui| {
                     for tag in tags {
                         if ui.button(tag).clicked() {
                             self.insert_tag(tag);
@@ -293,7 +240,7 @@ impl EditorApp {
             .desired_rows(22)
             .desired_width(f32::INFINITY)
             .font(egui::TextStyle::Monospace)
-            .hint_text("[verse]\nfirst line\nsecond line\n\n[chorus]\n…")
+            .hint_text("[verse]\nfirst line\nsecond line\n\n[chorus]\n...")
             .show(ui);
         if let Some(range) = out.cursor_range {
             self.cursor = Some(range.primary.index.0);
@@ -305,12 +252,12 @@ impl EditorApp {
             self.check = lyrics::check(&self.draft.lyrics);
         }
         if self.check.errors.is_empty() && self.check.warnings.is_empty() {
-            ui.label(RichText::new("✔ lyrics look good").color(Color32::LIGHT_GREEN));
+            ui.label(RichText::new("Lyrics OK").color(Color32::LIGHT_GREEN));
         }
         for issue in &self.check.errors {
             ui.label(
                 RichText::new(format!(
-                    "✖ line {}: {} — {}",
+                    "Line {}: {} ({})",
                     issue.line, issue.message, issue.fix
                 ))
                 .color(Color32::LIGHT_RED),
@@ -319,7 +266,7 @@ impl EditorApp {
         for issue in &self.check.warnings {
             ui.label(
                 RichText::new(format!(
-                    "⚠ line {}: {} — {}",
+                    "Line {}: {} ({}; fixed automatically)",
                     issue.line, issue.message, issue.fix
                 ))
                 .color(Color32::YELLOW),
@@ -353,23 +300,31 @@ impl EditorApp {
         let d = &mut self.draft;
         ui.heading("Style");
         egui::Grid::new("tags").num_columns(2).show(ui, |ui| {
-            for (label, value, options) in [
-                ("Gender", &mut d.tags.gender, GENDERS),
-                ("Timbre", &mut d.tags.timbre, TIMBRES),
-                ("Genre", &mut d.tags.genre, GENRES),
-                ("Emotion", &mut d.tags.emotion, EMOTIONS),
-                ("Instruments", &mut d.tags.instruments, INSTRUMENTS),
+            for (label, value, dim) in [
+                ("Gender", &mut d.tags.gender, Dimension::Gender),
+                ("Timbre", &mut d.tags.timbre, Dimension::Timbre),
+                ("Genre", &mut d.tags.genre, Dimension::Genre),
+                ("Emotion", &mut d.tags.emotion, Dimension::Emotion),
             ] {
                 ui.label(label);
-                changed |= pick(ui, label, value, options);
+                changed |= pick(ui, label, value, dim.vocabulary());
                 ui.end_row();
             }
+            ui.label("Instruments");
+            changed |= pick_instruments(ui, &mut d.tags.instruments);
+            ui.end_row();
             ui.label("BPM");
             ui.horizontal(|ui| {
-                changed |= ui
-                    .add(egui::DragValue::new(&mut d.tags.bpm).range(0..=240))
-                    .changed();
-                ui.label(RichText::new("0 = let the model choose").weak());
+                let mut auto = d.tags.bpm == 0;
+                if ui.checkbox(&mut auto, "auto").changed() {
+                    d.tags.bpm = if auto { 0 } else { 120 };
+                    changed = true;
+                }
+                if !auto {
+                    changed |= ui
+                        .add(egui::DragValue::new(&mut d.tags.bpm).range(tags::BPM_RANGE))
+                        .changed();
+                }
             });
             ui.end_row();
             ui.label("More");
@@ -410,7 +365,11 @@ impl EditorApp {
             ui.end_row();
         });
         if let Some(desc) = d.tags.descriptions() {
-            ui.label(RichText::new(format!("→ “{desc}”")).weak().small());
+            ui.label(RichText::new(format!("Style text: {desc}")).weak().small());
+            let style = tags::check_style(&desc);
+            if !style.is_clean() {
+                ui.label(RichText::new(style.report()).color(Color32::YELLOW).small());
+            }
         }
         egui::CollapsingHeader::new("Advanced sampling").show(ui, |ui| {
             let s = &mut d.sampling;
@@ -502,8 +461,8 @@ impl EditorApp {
                 egui::ComboBox::from_id_salt("auto-genre")
                     .selected_text(genre.as_str())
                     .show_ui(ui, |ui| {
-                        for g in AUTO_GENRES {
-                            changed |= ui.selectable_value(genre, g.to_string(), *g).changed();
+                        for g in AUTO_PROMPT_GENRES {
+                            changed |= ui.selectable_value(genre, g.to_string(), g).changed();
                         }
                     });
             }
@@ -539,12 +498,12 @@ impl EditorApp {
             let phase = self.shared.capture.phase();
             match phase {
                 CapturePhase::Idle => {
-                    if ui.button("⏺ Arm capture").clicked() {
+                    if ui.button("Arm capture").clicked() {
                         self.shared.capture.arm();
                     }
                 }
                 _ => {
-                    if ui.button("⏹ Disarm").clicked() {
+                    if ui.button("Disarm").clicked() {
                         self.shared.capture.disarm();
                     }
                 }
@@ -613,7 +572,7 @@ impl EditorApp {
             .id_salt("take-list")
             .max_height(160.0)
             .show(ui, |ui| {
-                for t in takes.list.iter().rev() {
+                for (n, t) in takes.list.iter().enumerate().rev() {
                     let selected = takes.selected.as_deref() == Some(t.id.as_str());
                     let (state, color) = match &t.status {
                         TakeStatus::Running => ("generating".to_owned(), Color32::YELLOW),
@@ -625,8 +584,11 @@ impl EditorApp {
                     };
                     let seed = t.seed.map_or("random".to_owned(), |s| s.to_string());
                     let text = RichText::new(format!(
-                        "{}  ·  {}  ·  seed {}  ·  {}",
-                        t.id, state, seed, t.prompt
+                        "Take {}  ·  {}  ·  seed {}  ·  prompt: {}",
+                        n + 1,
+                        state,
+                        seed,
+                        t.prompt
                     ))
                     .color(color);
                     if ui.selectable_label(selected, text).clicked() {
@@ -681,12 +643,55 @@ impl EditorApp {
         });
     }
 
+    fn engine_panel(&mut self, ui: &mut egui::Ui) {
+        egui::CollapsingHeader::new("Engine settings").show(ui, |ui| {
+            let mut settings = self.params.engine.read().clone();
+            let before = settings.clone();
+            egui::Grid::new("engine").num_columns(2).show(ui, |ui| {
+                ui.label("Engine");
+                ui.add(
+                    egui::TextEdit::singleline(&mut settings.engine_path)
+                        .hint_text("search: $SONGGEN_ENGINE, next to the plugin, PATH")
+                        .desired_width(320.0),
+                );
+                ui.end_row();
+                ui.label("Model folder");
+                ui.add(
+                    egui::TextEdit::singleline(&mut settings.model_dir)
+                        .hint_text("default: the folder `songgen fetch` downloads to")
+                        .desired_width(320.0),
+                );
+                ui.end_row();
+                ui.label("Device");
+                ui.horizontal(|ui| {
+                    for d in ["auto", "cpu", "cuda"] {
+                        let on =
+                            settings.device == d || (d == "auto" && settings.device.is_empty());
+                        if ui.radio(on, d).clicked() {
+                            settings.device = d.to_owned();
+                        }
+                    }
+                });
+                ui.end_row();
+                ui.label("Extra arguments");
+                ui.add(egui::TextEdit::singleline(&mut settings.extra_args).desired_width(320.0));
+                ui.end_row();
+            });
+            if settings != before {
+                self.params.engine.update(|s| *s = settings);
+            }
+            if ui.button("Apply and restart the engine").clicked() {
+                self.send(Command::RestartEngine);
+            }
+        });
+    }
+
     fn generate_bar(&mut self, ui: &mut egui::Ui, status: &UiStatus) {
         ui.add_space(4.0);
         ui.horizontal(|ui| match &status.job {
             None => {
                 let ok = self.check.is_ok() && self.licence_accepted;
-                let button = egui::Button::new(RichText::new("▶ Generate").heading());
+                let button = egui::Button::new(RichText::new("Generate").heading());
                 if ui.add_enabled(ok, button).clicked() {
                     self.commit_draft();
                     self.send(Command::Generate);
@@ -696,7 +701,7 @@ impl EditorApp {
                 }
             }
             Some(job) => {
-                if ui.button(RichText::new("■ Cancel").heading()).clicked() {
+                if ui.button(RichText::new("Cancel").heading()).clicked() {
                     self.send(Command::Cancel);
                 }
                 let stage = job.stage.map_or("waiting for the engine".to_owned(), |s| {
@@ -727,11 +732,14 @@ impl EditorApp {
             .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
             .show(ui.ctx(), |ui| {
                 ui.set_max_width(460.0);
-                ui.label(LICENCE_NOTICE);
+                ui.label(license::NOTICE);
                 ui.add_space(8.0);
                 if ui.button("I have read the licence and accept it").clicked() {
-                    match files::accept_licence() {
-                        Ok(()) => self.licence_accepted = true,
+                    match license::record_acceptance() {
+                        Ok(()) => {
+                            self.licence_accepted = true;
+                            self.send(Command::RestartEngine);
+                        }
                         Err(e) => {
                             self.status
                                 .lock()
@@ -744,8 +752,14 @@ impl EditorApp {
     }
 }
 
-/// A combo box of presets for one style tag; returns whether it changed.
-fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, options: &[&str]) -> bool {
+/// A small filled circle in `color` (the default fonts have no bullet glyphs).
+fn status_dot(ui: &mut egui::Ui, color: Color32) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(12.0, 12.0), egui::Sense::hover());
+    ui.painter().circle_filled(rect.center(), 5.0, color);
+}
+
+/// A combo box over one dimension's vocabulary (plus "none"); returns whether it changed.
+fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, vocabulary: &[&str]) -> bool {
     let mut changed = false;
     let shown = if value.is_empty() {
         "—"
@@ -755,12 +769,57 @@ fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, options: &[&str]) -> bo
     egui::ComboBox::from_id_salt(id)
         .selected_text(shown.to_owned())
         .width(200.0)
+        .height(300.0)
         .show_ui(ui, |ui| {
-            for o in options {
-                let label = if o.is_empty() { "—" } else { o };
-                changed |= ui.selectable_value(value, o.to_string(), label).changed();
+            changed |= ui.selectable_value(value, String::new(), "—").changed();
+            for o in vocabulary {
+                changed |= ui.selectable_value(value, o.to_string(), *o).changed();
             }
         });
+    changed
+}
+
+/// Instruments: free text plus a menu that adds one ("piano" + "drums" = "piano and drums").
+fn pick_instruments(ui: &mut egui::Ui, value: &mut String) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        changed |= ui
+            .add(
+                egui::TextEdit::singleline(value)
+                    .hint_text("e.g. piano and drums")
+                    .desired_width(170.0),
+            )
+            .changed();
+        ui.menu_button("+", |ui| {
+            egui::ScrollArea::vertical()
+                .max_height(300.0)
+                .show(ui, |ui| {
+                    for preset in INSTRUMENT_PRESETS {
+                        if ui.button(*preset).clicked() {
+                            *value = preset.to_string();
+                            changed = true;
+                            ui.close();
+                        }
+                    }
+                    ui.separator();
+                    for inst in Dimension::Instrument.vocabulary() {
+                        if ui.button(*inst).clicked() {
+                            if value.trim().is_empty() {
+                                *value = inst.to_string();
+                            } else {
+                                *value = format!("{} and {inst}", value.trim());
+                            }
+                            changed = true;
+                            ui.close();
+                        }
+                    }
+                });
+        });
+        if !value.is_empty() && ui.small_button("x").clicked() {
+            value.clear();
+            changed = true;
+        }
+    });
     changed
 }
 

@@ -38,6 +38,7 @@ pub struct EngineProcess {
     stdin: ChildStdin,
     pub generation: u64,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_reader: std::thread::JoinHandle<()>,
 }
 
 impl EngineProcess {
@@ -79,7 +80,7 @@ impl EngineProcess {
             })?;
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = stderr_tail.clone();
-        std::thread::Builder::new()
+        let stderr_reader = std::thread::Builder::new()
             .name("songgen-engine-err".into())
             .spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -96,6 +97,7 @@ impl EngineProcess {
             stdin,
             generation,
             stderr_tail,
+            stderr_reader,
         })
     }
 
@@ -129,8 +131,15 @@ impl EngineProcess {
         None
     }
 
-    /// The last line the engine wrote to stderr (its error message, usually).
+    /// The last line the engine wrote to stderr (its error message, usually). After an exit,
+    /// waits briefly for the reader to see the end of the stream.
     pub fn last_stderr(&self) -> Option<String> {
+        for _ in 0..50 {
+            if self.stderr_reader.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let t = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
         t.iter().rev().find(|l| !l.trim().is_empty()).cloned()
     }

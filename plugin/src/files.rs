@@ -1,5 +1,5 @@
-//! Files the plugin reads and writes off the audio thread: the per-user cache (takes, captures,
-//! the licence acknowledgement) and WAV decoding/encoding.
+//! Files the plugin reads and writes off the audio thread: the per-user cache (takes and
+//! captures) and WAV decoding/encoding.
 
 use std::path::{Path, PathBuf};
 
@@ -31,21 +31,6 @@ pub fn take_dir(take_id: &str) -> PathBuf {
 
 pub fn captures_dir() -> PathBuf {
     cache_dir().join("captures")
-}
-
-fn licence_marker() -> PathBuf {
-    cache_dir().join("licence-accepted")
-}
-
-/// Whether this user acknowledged the model licence notice.
-pub fn licence_accepted() -> bool {
-    licence_marker().is_file()
-}
-
-pub fn accept_licence() -> Result<()> {
-    let marker = licence_marker();
-    std::fs::create_dir_all(marker.parent().expect("cache dir"))?;
-    std::fs::write(&marker, "accepted\n").with_context(|| format!("writing {}", marker.display()))
 }
 
 /// Reads a WAV file as stereo (mono is duplicated) at `sample_rate`, resampling linearly when the

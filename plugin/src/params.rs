@@ -19,14 +19,34 @@ pub struct CapturedPrompt {
     pub from_loop: bool,
 }
 
-/// How to run the engine.
+/// How to run the engine (`songgen serve --stdio`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineSettings {
     /// Engine executable; empty = search (`$SONGGEN_ENGINE`, next to the plugin, `PATH`).
     pub engine_path: String,
-    /// Extra arguments after `serve --stdio` (e.g. `--model DIR`), split on whitespace.
+    /// `--model DIR`; empty = the engine's default model folder.
+    pub model_dir: String,
+    /// `--device`: `auto`, `cpu` or `cuda`.
+    pub device: String,
+    /// Further arguments, split on whitespace.
     pub extra_args: String,
+}
+
+impl EngineSettings {
+    /// Arguments after `serve --stdio`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if !self.model_dir.trim().is_empty() {
+            args.extend(["--model".to_owned(), self.model_dir.trim().to_owned()]);
+        }
+        let device = self.device.trim();
+        if !device.is_empty() && device != "auto" {
+            args.extend(["--device".to_owned(), device.to_owned()]);
+        }
+        args.extend(self.extra_args.split_whitespace().map(str::to_owned));
+        args
+    }
 }
 
 #[derive(Params)]
@@ -63,5 +83,29 @@ impl Default for SongGenParams {
             capture: Watched::new(None),
             engine: Watched::new(EngineSettings::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_become_serve_arguments() {
+        let s = EngineSettings {
+            engine_path: String::new(),
+            model_dir: " /m/v2 ".into(),
+            device: "cuda".into(),
+            extra_args: "--dtype f32".into(),
+        };
+        assert_eq!(
+            s.args(),
+            ["--model", "/m/v2", "--device", "cuda", "--dtype", "f32"]
+        );
+        let auto = EngineSettings {
+            device: "auto".into(),
+            ..EngineSettings::default()
+        };
+        assert!(auto.args().is_empty());
     }
 }

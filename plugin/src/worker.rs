@@ -336,17 +336,18 @@ impl Worker {
         self.restart_at = None;
         self.engine_ready = false;
         self.last_engine_error = None;
+        if !songgen_engine::license::is_accepted() {
+            return self.set_engine_state(EngineState::Failed {
+                reason: "accept the model licence (shown in the editor) to start the engine".into(),
+            });
+        }
         let settings = self.params.engine.read().clone();
         let configured = PathBuf::from(settings.engine_path.trim());
         let exe = match engine::locate(Some(&configured)) {
             Ok(exe) => exe,
             Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
         };
-        let args: Vec<String> = settings
-            .extra_args
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+        let args = settings.args();
         self.generation += 1;
         match EngineProcess::spawn(&exe, &args, self.generation, self.engine_tx.clone()) {
             Ok(p) => {
@@ -525,7 +526,7 @@ impl Worker {
         if self.running.is_some() {
             bail!("a take is already being generated");
         }
-        if !files::licence_accepted() {
+        if !songgen_engine::license::is_accepted() {
             bail!("accept the model licence notice first");
         }
         let draft = self.params.draft.read().clone();

@@ -45,8 +45,7 @@ fn the_allocation_checker_is_compiled_into_the_tested_plugin() {
 fn process_runs_every_path_without_allocating() {
     let _guard = serial();
     let dir = temp_dir("alloc");
-    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
-    std::env::set_var("SONGGEN_ENGINE", dir.join("no-engine-here"));
+    plugin_host::isolate(&dir);
     let stems: Vec<_> = (0..2)
         .map(|i| {
             let p = dir.join(format!("s{i}.wav"));

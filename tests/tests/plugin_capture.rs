@@ -22,8 +22,7 @@ fn field(state: &serde_json::Value, name: &str) -> serde_json::Value {
 fn captures_exactly_the_loop_range_from_the_sidechain() {
     let _guard = serial();
     let cache = temp_dir("capture-cache");
-    std::env::set_var("SONGGEN_CACHE_DIR", &cache);
-    std::env::set_var("SONGGEN_ENGINE", cache.join("no-engine-here"));
+    plugin_host::isolate(&cache);
 
     let mut plugin = TestPlugin::new();
     let arm = plugin.param_id("Arm capture");
@@ -79,7 +78,10 @@ fn captures_exactly_the_loop_range_from_the_sidechain() {
     };
     assert_eq!(captured["from_loop"], true);
     let path = captured["path"].as_str().unwrap();
-    assert!(path.starts_with(cache.to_str().unwrap()), "{path}");
+    assert!(
+        path.starts_with(cache.join("cache").to_str().unwrap()),
+        "{path}"
+    );
     let mut reader = hound::WavReader::open(path).unwrap();
     assert_eq!(reader.spec().sample_rate, SAMPLE_RATE as u32);
     assert_eq!(reader.spec().channels, 2);

@@ -32,8 +32,9 @@ fn a_killed_engine_is_reported_and_restarted_while_audio_keeps_running() {
     let dir = temp_dir("engine");
     let pidfile = dir.join("pids");
     let log = dir.join("plugin.log");
-    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    plugin_host::isolate(&dir);
     std::env::set_var("SONGGEN_ENGINE", test_engine());
+    songgen_engine::license::record_acceptance().unwrap();
     std::env::set_var("SONGGEN_TEST_ENGINE_PIDFILE", &pidfile);
     // nice-plug's logger writes to this file (set before the library is first loaded).
     std::env::set_var("NICE_LOG", &log);

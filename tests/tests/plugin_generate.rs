@@ -30,6 +30,7 @@ fn generate_makes_a_selected_take_that_plays() {
     let dir = std::env::temp_dir().join(format!("songgen-generate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::env::set_var(files::CACHE_ENV, dir.join("cache"));
+    std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_ENGINE", env!("CARGO_BIN_EXE_songgen-test-engine"));
     std::env::set_var("SONGGEN_TEST_ENGINE_SECONDS", "0.5");
 
@@ -54,13 +55,20 @@ fn generate_makes_a_selected_take_that_plays() {
         })
         .unwrap();
     let engine_state = || status.lock().unwrap().engine.clone();
+    // Without the licence accepted, the engine does not start and says why.
+    wait(
+        "licence refusal",
+        || matches!(engine_state(), EngineState::Failed { reason } if reason.contains("licence")),
+    );
+    // Accepting it (the editor's licence window) restarts the engine.
+    songgen_engine::license::record_acceptance().unwrap();
+    worker.tx.send(Command::RestartEngine).unwrap();
     wait("engine ready", || {
         matches!(engine_state(), EngineState::Ready { .. })
     });
 
     // Invalid lyrics are refused with the checker's message, and make no take.
     params.draft.update(|d| d.lyrics = "no tags at all".into());
-    files::accept_licence().unwrap();
     worker.tx.send(Command::Generate).unwrap();
     wait("lyrics error", || {
         status

@@ -77,8 +77,7 @@ fn check_block(block: &Block, positions: &[i64]) {
 fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
     let _guard = serial();
     let dir = temp_dir("playback");
-    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
-    std::env::set_var("SONGGEN_ENGINE", dir.join("no-engine-here"));
+    plugin_host::isolate(&dir);
     let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
     write_stem(&vocal_path, vocal);
     write_stem(&bgm_path, bgm);

@@ -7,6 +7,8 @@ use plugin_host::{serial, Port, TestPlugin};
 #[test]
 fn exposes_stereo_main_sidechain_and_stem_buses() {
     let _guard = serial();
+    let dir = plugin_host::temp_dir("ports");
+    plugin_host::isolate(&dir);
     let (id, name, features) = TestPlugin::descriptor();
     assert_eq!(id, "io.github.songgen.songgen");
     assert_eq!(name, "SongGen");

@@ -21,6 +21,8 @@ fn set_field(state: &mut Value, name: &str, value: &Value) {
 #[test]
 fn takes_and_draft_round_trip_through_the_host_state() {
     let _guard = serial();
+    let dir = plugin_host::temp_dir("state");
+    plugin_host::isolate(&dir);
     let mut first = TestPlugin::new();
     let mut state = first.save_state();
     let takes = field(&state, "takes");

@@ -1,5 +1,7 @@
 //! Project tasks: `cargo xtask parity <DIR>...`, `cargo xtask tiny-model <DIR>`.
 
+mod plugin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,11 +30,15 @@ fn run(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("parity") => parity_cmd(&args[1..]),
         Some("tiny-model") => tiny_model_cmd(&args[1..]),
+        Some("bundle" | "bundle-universal" | "known-packages") => {
+            plugin::bundle(args).map(|()| ExitCode::SUCCESS)
+        }
+        Some("install") => plugin::install(&args[1..]).map(|()| ExitCode::SUCCESS),
         Some("-h" | "--help") | None => {
-            println!("{USAGE}");
+            println!("{USAGE}\n{}", plugin::USAGE);
             Ok(ExitCode::SUCCESS)
         }
-        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}\n{}", plugin::USAGE),
     }
 }
 

@@ -5,6 +5,7 @@
 //! decode; the encoder (prompt path) builds on [`layers`].
 
 pub mod decoder;
+pub mod encoder;
 pub mod layers;
 
 use std::path::Path;

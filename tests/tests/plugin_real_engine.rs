@@ -1,0 +1,62 @@
+//! The plugin against the real engine executable, `songgen serve --stdio`: with no model installed the engine
+//! exits with its error, and the plugin reports that message and does not restart in a loop.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nice_plug_egui::RepaintNotifier;
+use songgen_plugin::capture::Recorder;
+use songgen_plugin::params::SongGenParams;
+use songgen_plugin::playback::Player;
+use songgen_plugin::worker::{Command, EngineState, Shared, UiStatus, WorkerHandle};
+
+#[test]
+fn a_missing_model_is_reported_with_the_engines_own_message() {
+    let songgen = songgen_tests::songgen_bin();
+    let dir = std::env::temp_dir().join(format!("songgen-real-engine-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("SONGGEN_HOME", dir.join("home"));
+    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_ENGINE", songgen);
+    songgen_engine::license::record_acceptance().unwrap();
+
+    let params = Arc::new(SongGenParams::default());
+    let status = Arc::new(Mutex::new(UiStatus::default()));
+    let worker = WorkerHandle::spawn(
+        params,
+        Arc::new(Shared::default()),
+        status.clone(),
+        RepaintNotifier::new(),
+    );
+    let (_recorder, recorder_link) = Recorder::new(48_000.0);
+    let (_player, player_link) = Player::new();
+    worker
+        .tx
+        .send(Command::Activated {
+            sample_rate: 48_000.0,
+            recorder: recorder_link,
+            player: player_link,
+            loaded: None,
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        if let EngineState::Failed { reason } = status.lock().unwrap().engine.clone() {
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine's failure was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(reason.contains("exited with status"), "{reason}");
+    assert!(reason.contains("songgen fetch"), "{reason}");
+    // It never came up, so the plugin does not restart it by itself.
+    std::thread::sleep(Duration::from_millis(800));
+    let s = status.lock().unwrap().clone();
+    assert_eq!(s.engine_starts, 1, "{s:?}");
+    assert!(matches!(s.engine, EngineState::Failed { .. }));
+    drop(worker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
