@@ -26,6 +26,11 @@ pub fn fixture_dir(kind: &str) -> PathBuf {
 pub fn songgen_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // An explicit binary (e.g. a private copy when several checkouts share one target
+        // folder and overwrite each other's `target/debug/songgen`).
+        if let Some(bin) = std::env::var_os("SONGGEN_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // <target>/<profile>/deps/<test>-<hash>
         let profile_dir = exe
