@@ -128,10 +128,10 @@ fn jsonl_batches_in_the_reference_format_run_unchanged() {
     let jsonl = home.join("lyrics.jsonl");
     let mut f = std::fs::File::create(&jsonl).unwrap();
     // The reference's sample lines: trailing dots before ` ;`, a tag without a space after it,
-    // numeric and string idx and open-vocabulary descriptions.
+    // numeric and string idx, an auto-prompt genre and open-vocabulary descriptions.
     writeln!(
         f,
-        r#"{{"idx": "0_en", "gt_lyric": "[intro-short] ; [verse] These faded memories of us. I can't erase the tears you cried before. ; [chorus]Like a fool begs for supper. ; [outro-short]"}}"#
+        r#"{{"idx": "0_en", "gt_lyric": "[intro-short] ; [verse] These faded memories of us. I can't erase the tears you cried before. ; [chorus]Like a fool begs for supper. ; [outro-short]", "auto_prompt_audio_type": "Auto"}}"#
     )
     .unwrap();
     writeln!(
@@ -165,6 +165,9 @@ fn jsonl_batches_in_the_reference_format_run_unchanged() {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("1.json")).unwrap()).unwrap();
     assert_eq!(record["language"], "zh");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("0_en.json")).unwrap()).unwrap();
+    assert_eq!(record["prompt"]["genre"], "Auto");
 }
 
 #[test]
