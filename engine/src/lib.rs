@@ -4,9 +4,13 @@
 //! fixtures against them.
 
 pub mod audio;
+pub mod auto_prompt;
 pub mod convert;
+pub mod demucs;
 pub mod doctor;
+pub mod flow;
 pub mod license;
+pub mod lm;
 pub mod lyrics;
 pub mod models;
 pub mod musicfm;
@@ -14,10 +18,14 @@ pub mod parity;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
+pub mod prompt;
 pub mod protocol;
+pub mod render;
 pub mod resample;
+pub mod rvq;
 pub mod service;
 pub mod tags;
 pub mod tokenizer;
+pub mod vae;
 pub mod vq;
 pub mod weights;

@@ -159,6 +159,14 @@ impl Engine {
                 });
                 return;
             }
+            // Input problems are answered at once instead of when the job's turn comes.
+            if let Err(e) = pipeline::prepare(&id, &job) {
+                sink.send(&Event::Error {
+                    id: Some(id),
+                    message: e.to_string(),
+                });
+                return;
+            }
             let position = st.queued.len() + usize::from(st.running.is_some());
             st.queued.push_back((id.clone(), cancel.clone()));
             sink.send(&Event::Queued {

@@ -11,9 +11,13 @@ use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 use super::{input, param, Case, Manifest, Suite, Tensors};
+use crate::demucs::apply::{prompt_pair, vocal_stem, ApplyOptions, SeparateOptions};
+use crate::demucs::{HtDemucs, HtDemucsConfig};
 use crate::musicfm::{MusicFm, MusicFmConfig};
 use crate::resample::Resampler;
 use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
+use crate::vae::encoder::OobleckEncoder;
+use crate::vae::VaeConfig;
 use crate::vq::VqEncoder;
 use crate::weights::WeightFile;
 
@@ -197,12 +201,92 @@ impl Suite for PromptSuite {
                     ("out.codes_bgm", b.codes),
                 ]))
             }
+            "demucs_segment" => {
+                let model = self.demucs(case)?;
+                let (stems, trace) = model.forward_traced(input(case, inputs, "in.mix")?)?;
+                Ok(out(vec![
+                    ("out.stems", stems),
+                    ("dbg.xformer_in_freq", trace),
+                ]))
+            }
+            "demucs_separate" => self.demucs_separate(case, inputs),
+            "vae_encode" => {
+                let vb = self.vb(case)?;
+                let enc: serde_json::Value = self.config("vae_encoder")?;
+                let get = |k: &str| -> Result<serde_json::Value> {
+                    enc.get(k)
+                        .cloned()
+                        .with_context(|| format!("manifest config.vae_encoder has no {k:?}"))
+                };
+                let cfg = VaeConfig {
+                    channels: serde_json::from_value(get("channels")?)?,
+                    c_mults: serde_json::from_value(get("c_mults")?)?,
+                    strides: serde_json::from_value(get("strides")?)?,
+                    latent_dim: param(case, "latent_dim")?,
+                    encoder_latent_dim: serde_json::from_value(get("latent_dim")?)?,
+                    in_channels: serde_json::from_value(get("in_channels")?)?,
+                    downsampling_ratio: param(case, "downsampling_ratio")?,
+                    ..VaeConfig::default()
+                };
+                let encoder = OobleckEncoder::load(vb.pp(prefix(case, "prefix")?), &cfg)?;
+                let trace = encoder.encode_traced(input(case, inputs, "in.audio")?)?;
+                let sample = trace
+                    .posterior
+                    .sample_with(input(case, inputs, "in.eps")?)?;
+                Ok(out(vec![
+                    ("out.mean", trace.posterior.mean),
+                    ("out.scale", trace.posterior.scale),
+                    ("out.sample", sample),
+                ]))
+            }
             other => bail!("unknown prompt unit {other:?}"),
         }
     }
 }
 
 impl PromptSuite {
+    fn demucs(&mut self, case: &Case) -> Result<HtDemucs> {
+        let vb = self.vb(case)?;
+        let demucs: serde_json::Value = self.config("demucs")?;
+        let kwargs = demucs
+            .get("tiny_kwargs")
+            .context("manifest config.demucs has no tiny_kwargs")?;
+        let cfg: HtDemucsConfig =
+            serde_json::from_value(kwargs.clone()).context("manifest config.demucs.tiny_kwargs")?;
+        HtDemucs::load(&cfg, vb)
+    }
+
+    /// The prompt file's samples → 48 kHz vocal and accompaniment. A file not at the Demucs
+    /// rate was converted by ffmpeg in the reference, which cannot be reproduced bit for bit;
+    /// such cases store that conversion as `dbg.mix_44k`, which is then used as Demucs' input.
+    fn demucs_separate(&mut self, case: &Case, inputs: &Tensors) -> Result<Tensors> {
+        let model = self.demucs(case)?;
+        let audio = input(case, inputs, "in.audio")?;
+        let file_rate: u32 = param(case, "file_sample_rate")?;
+        let demucs_rate: u32 = param(case, "demucs_sample_rate")?;
+        let mix44 = if file_rate == demucs_rate {
+            audio.clone()
+        } else {
+            let stored = candle_core::safetensors::load(self.dir.join(&case.file), &Device::Cpu)?;
+            match stored.get("dbg.mix_44k") {
+                Some(t) => t.clone(),
+                None => Resampler::new(file_rate, demucs_rate, &self.device)?.apply(audio)?,
+            }
+        };
+        let opts = SeparateOptions {
+            apply: ApplyOptions {
+                shift_offset: param(case, "shift_offset")?,
+                overlap: param(case, "overlap")?,
+            },
+            stem_index: param(case, "stem_index")?,
+            target_sample_rate: param(case, "target_sample_rate")?,
+            max_samples: param(case, "max_samples")?,
+        };
+        let vocal44 = vocal_stem(&model, &mix44, &opts, &mut |_, _| Ok(()))?;
+        let (vocal, bgm, _) = prompt_pair(&vocal44, demucs_rate, audio, file_rate, &opts)?;
+        Ok(out(vec![("out.vocal_48k", vocal), ("out.bgm_48k", bgm)]))
+    }
+
     /// MusicFM from the case's weights with layers `0..max_layer` loaded.
     fn musicfm(&mut self, case: &Case, max_layer: usize) -> Result<MusicFm> {
         let vb = self.vb(case)?;

@@ -1,0 +1,395 @@
+//! Style transfer from a reference clip: separate it with HTDemucs, tokenize the first 10 s with
+//! the mixed and separate tokenizers (LM prompt tokens `[1, 3, 250]`) and VAE-encode it (the
+//! renderer's in-context latent), following `generate.py` (`Separator.run`, `CodecLM`'s prompt
+//! handling) and the decoder's prompt branch.
+//!
+//! Deviations from the reference, all deliberate and deterministic:
+//! - Demucs' random time shift and the VAE posterior noise are drawn from the caller's seed.
+//! - A prompt not at 44.1 kHz is converted for Demucs with the torchaudio-style sinc resampler
+//!   (the reference uses ffmpeg's resampler, which cannot be reproduced bit for bit).
+//! - Mono is duplicated to stereo and only the first two channels of a multichannel clip are
+//!   used (Demucs' `convert_audio_channels`); the reference's own mono path fails later.
+//! - A silent (constant) clip is an error: the reference divides by its zero std and
+//!   propagates NaNs.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::demucs::apply::{prompt_pair, shift_offset, vocal_stem, ApplyOptions, SeparateOptions};
+use crate::demucs::{HtDemucs, HtDemucsConfig};
+use crate::musicfm::MusicFmConfig;
+use crate::paths::ModelPaths;
+use crate::pipeline::PromptCodes;
+use crate::progress::{report, Progress, ProgressFn, Stage};
+use crate::render::RenderPrompt;
+use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
+use crate::vae::encoder::VaeEncoder;
+use crate::vae::VaeConfig;
+use crate::weights::WeightFile;
+
+/// Token id the LM uses for "no prompt" frames.
+pub const PROMPT_PAD_TOKEN: i64 = 16385;
+
+/// Everything that sizes the prompt path.
+#[derive(Debug, Clone)]
+pub struct PromptConfig {
+    pub tokenizer: TokenizerConfig,
+    pub vq: VqConfig,
+    /// MusicFM of the mixed tokenizer and of the separate tokenizer (same architecture).
+    pub musicfm: MusicFmConfig,
+    pub mixed: StreamSpec,
+    pub vocal: StreamSpec,
+    pub bgm: StreamSpec,
+    pub demucs: HtDemucsConfig,
+    pub vae: VaeConfig,
+    /// Index of the vocal stem among Demucs' sources.
+    pub vocal_stem: usize,
+    /// Seconds of the clip that are used (`prompt_len`, 10).
+    pub prompt_seconds: usize,
+}
+
+impl PromptConfig {
+    /// The released models.
+    pub fn real(vae: VaeConfig) -> Self {
+        let (vocal, bgm) = SeparateTokenizer::real_streams();
+        Self {
+            tokenizer: TokenizerConfig::default(),
+            vq: VqConfig::default(),
+            musicfm: MusicFmConfig::real(),
+            mixed: MixedTokenizer::real_stream(),
+            vocal,
+            bgm,
+            demucs: HtDemucsConfig::real(),
+            vae,
+            vocal_stem: 3,
+            prompt_seconds: 10,
+        }
+    }
+
+    /// LM prompt length in frames (`prompt_len · 25` = 250).
+    pub fn token_frames(&self) -> usize {
+        self.prompt_seconds * self.tokenizer.frame_rate as usize
+    }
+
+    /// Samples kept at 48 kHz (480,000).
+    pub fn max_samples(&self) -> usize {
+        self.prompt_seconds * self.tokenizer.sample_rate as usize
+    }
+}
+
+/// The weight files of the prompt path.
+#[derive(Debug, Clone)]
+pub struct PromptFiles {
+    pub mixed_tokenizer: PathBuf,
+    pub septoken: PathBuf,
+    pub demucs: PathBuf,
+    pub vae: PathBuf,
+}
+
+impl PromptFiles {
+    pub fn from_paths(paths: &ModelPaths) -> Self {
+        Self {
+            mixed_tokenizer: paths.mixed_tokenizer(),
+            septoken: paths.septoken(),
+            demucs: paths.demucs(),
+            vae: paths.vae_ckpt(),
+        }
+    }
+}
+
+/// A prompt clip after separation: 48 kHz stereo `[2, N]`, N ≤ 10 s.
+#[derive(Debug, Clone)]
+pub struct SeparatedPrompt {
+    pub full: Tensor,
+    pub vocal: Tensor,
+    pub bgm: Tensor,
+}
+
+/// Everything the pipeline can use from a reference clip.
+#[derive(Debug, Clone)]
+pub struct EncodedPrompt {
+    /// `[1, 3, 250]` I64 LM prompt tokens (mixed, vocal, bgm), padded with 16385.
+    pub tokens: Tensor,
+    /// The mixed-stem decoder prompt: latent `[1, 64, ceil(N/1920)]` and the separate
+    /// tokenizer's codes `[1, 1, int(N/48000·25)+1]` (251 for 10 s).
+    pub render: RenderPrompt,
+    /// The separated 48 kHz clip, for building the vocal/bgm stems' prompts
+    /// ([`PromptEncoder::render_prompt`] with the other part zeroed).
+    pub separated: SeparatedPrompt,
+}
+
+pub struct PromptEncoder {
+    cfg: PromptConfig,
+    demucs: HtDemucs,
+    mixed: MixedTokenizer,
+    separate: SeparateTokenizer,
+    vae: VaeEncoder,
+    device: Device,
+}
+
+/// Reads a weight file as an F32 VarBuilder, naming the file on failure.
+fn open(path: &Path, what: &str, device: &Device) -> Result<candle_nn::VarBuilder<'static>> {
+    Ok(WeightFile::open(path)
+        .with_context(|| format!("loading the {what}"))?
+        .var_builder(DType::F32, device))
+}
+
+impl PromptEncoder {
+    /// Loads the released prompt models of `paths` (the VAE config from its json when present).
+    pub fn load(paths: &ModelPaths, device: &Device) -> Result<Self> {
+        let vae_json = paths.vae_config();
+        let vae = if vae_json.is_file() {
+            VaeConfig::from_json_file(&vae_json)?
+        } else {
+            VaeConfig::default()
+        };
+        Self::from_files(
+            &PromptFiles::from_paths(paths),
+            &PromptConfig::real(vae),
+            device,
+        )
+    }
+
+    pub fn from_files(files: &PromptFiles, cfg: &PromptConfig, device: &Device) -> Result<Self> {
+        let demucs = HtDemucs::load(&cfg.demucs, open(&files.demucs, "HTDemucs model", device)?)
+            .with_context(|| format!("loading HTDemucs from {}", files.demucs.display()))?;
+        let mixed = MixedTokenizer::load(
+            &cfg.tokenizer,
+            &cfg.musicfm,
+            &cfg.vq,
+            &cfg.mixed,
+            open(&files.mixed_tokenizer, "mixed tokenizer", device)?,
+        )
+        .with_context(|| {
+            format!(
+                "loading the mixed tokenizer from {}",
+                files.mixed_tokenizer.display()
+            )
+        })?;
+        let separate = SeparateTokenizer::load(
+            &cfg.tokenizer,
+            &cfg.musicfm,
+            &cfg.vq,
+            &cfg.vocal,
+            &cfg.bgm,
+            open(&files.septoken, "separate tokenizer", device)?,
+        )
+        .with_context(|| {
+            format!(
+                "loading the separate tokenizer from {}",
+                files.septoken.display()
+            )
+        })?;
+        let vae = VaeEncoder::load(
+            WeightFile::open(&files.vae).context("loading the VAE encoder")?,
+            &cfg.vae,
+            device,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            demucs,
+            mixed,
+            separate,
+            vae,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &PromptConfig {
+        &self.cfg
+    }
+
+    /// LM prompt tokens and the renderer's prompt latent of a clip given as channels of samples
+    /// at `sample_rate` (any rate; mono or more channels accepted). `seed` fixes Demucs' shift
+    /// and the latent's posterior sample.
+    pub fn encode(
+        &self,
+        audio: &[Vec<f32>],
+        sample_rate: u32,
+        seed: u64,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<PromptCodes> {
+        let e = self.encode_full(audio, sample_rate, seed, progress)?;
+        Ok(PromptCodes {
+            tokens: e.tokens,
+            latent: Some(e.render.latent),
+        })
+    }
+
+    /// [`Self::encode`] with everything the renderer's prompt needs.
+    pub fn encode_full(
+        &self,
+        audio: &[Vec<f32>],
+        sample_rate: u32,
+        seed: u64,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<EncodedPrompt> {
+        let clip = validate_clip(audio, sample_rate, &self.device)?;
+        let shift = shift_offset(seed, self.cfg.demucs.samplerate / 2);
+        let opts = SeparateOptions {
+            apply: ApplyOptions {
+                shift_offset: shift,
+                overlap: 0.25,
+            },
+            stem_index: self.cfg.vocal_stem,
+            target_sample_rate: self.cfg.tokenizer.sample_rate,
+            max_samples: self.cfg.max_samples(),
+        };
+        let demucs_rate = self.cfg.demucs.samplerate as u32;
+        let len44 = clip.dim(1)? as u64 * demucs_rate as u64 / sample_rate as u64;
+        let len48 = (clip.dim(1)? as u64 * self.cfg.tokenizer.sample_rate as u64
+            / sample_rate as u64)
+            .min(self.cfg.max_samples() as u64) as usize;
+        let demucs_calls = self.demucs.chunks(len44.max(1) as usize, opts.apply);
+        let token_passes = self.mixed.segments(len48) + self.separate.segments(len48, len48);
+        let total = (demucs_calls + token_passes + 1) as u64;
+        let start = Instant::now();
+        let mut done = 0u64;
+        let mut tick = |progress: &mut ProgressFn<'_>| -> Result<()> {
+            done += 1;
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            report(
+                progress,
+                Progress {
+                    stage: Stage::Prompt,
+                    done,
+                    total,
+                    rate: Some(rate),
+                },
+            )?;
+            Ok(())
+        };
+
+        let separated = {
+            let mix44 = if sample_rate == demucs_rate {
+                clip.clone()
+            } else {
+                crate::resample::Resampler::new(sample_rate, demucs_rate, &self.device)?
+                    .apply(&clip)?
+            };
+            let vocal44 = vocal_stem(&self.demucs, &mix44, &opts, &mut |_, _| tick(progress))
+                .context("separating the prompt's vocals")?;
+            let (vocal, bgm, full) = prompt_pair(&vocal44, demucs_rate, &clip, sample_rate, &opts)?;
+            SeparatedPrompt { full, vocal, bgm }
+        };
+
+        let mixed = self
+            .mixed
+            .encode(&separated.full.unsqueeze(0)?, &mut || tick(progress))
+            .context("tokenizing the prompt (mixed)")?
+            .codes;
+        let (vocal, bgm) = self
+            .separate
+            .encode(
+                &separated.vocal.unsqueeze(0)?,
+                &separated.bgm.unsqueeze(0)?,
+                &mut || tick(progress),
+            )
+            .context("tokenizing the prompt (vocal / accompaniment)")?;
+        let frames = self.cfg.token_frames();
+        let tokens = Tensor::cat(
+            &[
+                fit_tokens(&mixed, frames)?,
+                fit_tokens(&vocal.codes, frames)?,
+                fit_tokens(&bgm.codes, frames)?,
+            ],
+            1,
+        )?;
+        let latent = self.latent(&(&separated.vocal + &separated.bgm)?, seed)?;
+        tick(progress)?;
+        Ok(EncodedPrompt {
+            tokens,
+            render: RenderPrompt {
+                latent,
+                codes_vocal: vocal.codes,
+                codes_bgm: bgm.codes,
+            },
+            separated,
+        })
+    }
+
+    /// The decoder's prompt for a vocal / accompaniment pair `[2, N]` at 48 kHz (the reference
+    /// re-tokenizes the pair and VAE-encodes their sum). For the `vocal` stem pass the
+    /// accompaniment as zeros, for `bgm` the vocals.
+    pub fn render_prompt(&self, vocal: &Tensor, bgm: &Tensor, seed: u64) -> Result<RenderPrompt> {
+        let (v, b) = self
+            .separate
+            .encode(&vocal.unsqueeze(0)?, &bgm.unsqueeze(0)?, &mut || Ok(()))?;
+        let n = vocal.dim(1)?.min(bgm.dim(1)?);
+        let sum = (vocal.narrow(1, 0, n)? + bgm.narrow(1, 0, n)?)?;
+        Ok(RenderPrompt {
+            latent: self.latent(&sum, seed)?,
+            codes_vocal: v.codes,
+            codes_bgm: b.codes,
+        })
+    }
+
+    /// Seeded posterior sample `[1, 64, ceil(N/1920)]` of a 48 kHz stereo clip `[2, N]`.
+    fn latent(&self, audio: &Tensor, seed: u64) -> Result<Tensor> {
+        let posterior = self
+            .vae
+            .encode(&audio.unsqueeze(0)?)
+            .context("VAE-encoding the prompt")?;
+        posterior.sample(seed ^ 0x7a7e_0000_0000_0001)
+    }
+}
+
+/// Cuts or pads (with [`PROMPT_PAD_TOKEN`]) codes `[1, 1, T]` to `frames`.
+pub fn fit_tokens(codes: &Tensor, frames: usize) -> Result<Tensor> {
+    let t = codes.dim(2)?;
+    let codes = codes.to_dtype(DType::I64)?;
+    if t >= frames {
+        Ok(codes.narrow(2, 0, frames)?)
+    } else {
+        let pad = Tensor::full(PROMPT_PAD_TOKEN, (1, 1, frames - t), codes.device())?;
+        Ok(Tensor::cat(&[&codes, &pad], 2)?)
+    }
+}
+
+/// Shortest prompt accepted: 0.1 s (Demucs needs a spread of samples to normalise, and shorter
+/// "clips" are almost certainly not music).
+const MIN_SECONDS: f64 = 0.1;
+
+/// Checks a clip and returns it as stereo `[2, L]` F32: mono is duplicated, channels beyond two
+/// are dropped; empty, ragged, non-finite, too short or silent input is an error.
+pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> Result<Tensor> {
+    ensure!(!audio.is_empty(), "the prompt audio has no channels");
+    ensure!(
+        (1000..=768_000).contains(&sample_rate),
+        "the prompt audio's sample rate {sample_rate} Hz is not an audio rate (1 kHz to 768 kHz)"
+    );
+    let len = audio[0].len();
+    if let Some((i, c)) = audio.iter().enumerate().find(|(_, c)| c.len() != len) {
+        bail!(
+            "the prompt audio's channels differ in length (channel 0 has {len} samples, \
+             channel {i} has {})",
+            c.len()
+        );
+    }
+    let seconds = len as f64 / sample_rate as f64;
+    ensure!(
+        seconds >= MIN_SECONDS,
+        "the prompt audio is {seconds:.3} s long; at least {MIN_SECONDS} s is needed"
+    );
+    let chans: Vec<&Vec<f32>> = match audio.len() {
+        1 => vec![&audio[0], &audio[0]],
+        _ => vec![&audio[0], &audio[1]],
+    };
+    for (i, c) in chans.iter().enumerate() {
+        if let Some(pos) = c.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the prompt audio is not valid audio: channel {i} has a non-finite sample at {pos}"
+            );
+        }
+    }
+    let first = chans[0][0];
+    ensure!(
+        chans.iter().any(|c| c.iter().any(|&v| v != first)),
+        "the prompt audio is silent (every sample is {first}); give a clip with music in it"
+    );
+    let data: Vec<f32> = chans.iter().flat_map(|c| c.iter().copied()).collect();
+    Ok(Tensor::from_vec(data, (2, len), device)?)
+}
