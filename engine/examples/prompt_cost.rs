@@ -68,13 +68,21 @@ fn main() -> anyhow::Result<()> {
     let seg = demucs.training_length();
     let mix = Tensor::randn(0f32, 0.3, (1, 2, seg), &dev)?;
     let (_, demucs_s) = timed("HTDemucs, one 7.8 s segment", || demucs.forward(&mix));
-    let calls = demucs.chunks(441_000, ApplyOptions { shift_offset: 11025, overlap: 0.25 });
+    let calls = demucs.chunks(
+        441_000,
+        ApplyOptions {
+            shift_offset: 11025,
+            overlap: 0.25,
+        },
+    );
 
     // MusicFM on one 40 s segment (the tiled 10 s clip), per stage.
     let mcfg = MusicFmConfig::real();
     let musicfm = MusicFm::load(&mcfg, 7, vb().pp("bestrq.model"))?;
     let wave = Tensor::randn(0f32, 0.3, (1, 960_000), &dev)?;
-    let (mel, mel_s) = timed("MusicFM mel front end, 40 s", || musicfm.mel().forward(&wave));
+    let (mel, mel_s) = timed("MusicFM mel front end, 40 s", || {
+        musicfm.mel().forward(&wave)
+    });
     let mel = mel?;
     let (x, conv_s) = timed("MusicFM conv subsampling", || {
         musicfm.subsampling().forward(&mel)
@@ -105,8 +113,13 @@ fn main() -> anyhow::Result<()> {
     let musicfm_total = 3.0 * front + (6.0 + 7.0 + 3.0) * per_layer;
     let total = calls as f64 * demucs_s + musicfm_total + 3.0 * vq_s + vae_s;
     println!("---");
-    println!("HTDemucs: {calls} calls × {demucs_s:.1} s = {:.1} s", calls as f64 * demucs_s);
-    println!("MusicFM: 3 × {front:.1} s front end + 16 layers × {per_layer:.1} s = {musicfm_total:.1} s");
+    println!(
+        "HTDemucs: {calls} calls × {demucs_s:.1} s = {:.1} s",
+        calls as f64 * demucs_s
+    );
+    println!(
+        "MusicFM: 3 × {front:.1} s front end + 16 layers × {per_layer:.1} s = {musicfm_total:.1} s"
+    );
     println!("VQ: 3 × {vq_s:.2} s; VAE encoder: {vae_s:.1} s");
     println!("one 10 s prompt: {total:.0} s");
     Ok(())
