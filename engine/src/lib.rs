@@ -3,9 +3,26 @@
 //! One module per component of the reference pipeline; `parity` runs the reference's golden
 //! fixtures against them.
 
+pub mod audio;
+pub mod convert;
+pub mod doctor;
+pub mod flow;
+pub mod license;
 pub mod lm;
+pub mod lyrics;
+pub mod models;
+pub mod musicfm;
 pub mod parity;
 pub mod paths;
+pub mod pipeline;
 pub mod progress;
 pub mod protocol;
+pub mod render;
+pub mod resample;
+pub mod rvq;
+pub mod service;
+pub mod tags;
+pub mod tokenizer;
+pub mod vae;
+pub mod vq;
 pub mod weights;

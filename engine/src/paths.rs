@@ -8,6 +8,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Name of the model `songgen` uses when none is given.
+pub const DEFAULT_MODEL: &str = "songgeneration_v2_large";
+
+/// The per-user songgen folder: `$SONGGEN_HOME` when set (scripts, tests), else the platform's
+/// data folder (`~/.local/share/songgen`, `~/Library/Application Support/songgen`,
+/// `%APPDATA%\songgen`).
+pub fn songgen_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("SONGGEN_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    directories::ProjectDirs::from("", "", "songgen")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".songgen"))
+}
+
+/// Where `songgen fetch` puts models (`<home>/models/<model>/`, `<home>/models/runtime/`).
+pub fn default_models_dir() -> PathBuf {
+    songgen_home().join("models")
+}
+
 /// Resolved locations of every file the pipeline reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelPaths {

@@ -97,6 +97,10 @@ pub struct Job {
     pub sampling: SamplingOptions,
     /// Folder the stems and the JSON record are written to.
     pub out_dir: PathBuf,
+    /// Replace stems of an earlier job with the same id in `out_dir` (otherwise the job fails
+    /// before generating anything).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// A line from the client.

@@ -1,1 +1,231 @@
-//! The songgen CLAP + VST3 plugin (built out in its own issue).
+//! SongGeneration 2 in the DAW: a CLAP + VST3 plugin that writes lyrics and style tags, sends
+//! them to the `songgen` engine process, and plays the resulting takes on its output buses in
+//! time with the host.
+//!
+//! Threads: the audio thread only captures and plays (no allocation, locks or blocking); the
+//! worker thread ([`worker`]) runs everything else and talks to the engine process; the editor
+//! ([`editor`]) sends it commands and shows its status.
+
+pub mod capture;
+pub mod editor;
+pub mod engine;
+pub mod files;
+pub mod lyrics;
+pub mod params;
+pub mod playback;
+pub mod session;
+pub mod timeline;
+pub mod worker;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nice_plug::prelude::*;
+use nice_plug_egui::{EguiEditor, EguiEditorState, RepaintNotifier};
+
+use capture::{CaptureSource, Recorder};
+use params::SongGenParams;
+use playback::{Outputs, Player};
+use timeline::Timeline;
+use worker::{Command, Shared, UiStatus, WorkerHandle};
+
+/// How long an offline (bounce) activation waits for the selected take to load.
+const OFFLINE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct SongGen {
+    params: Arc<SongGenParams>,
+    shared: Arc<Shared>,
+    status: Arc<Mutex<UiStatus>>,
+    editor_state: Arc<EguiEditorState>,
+    repaint: RepaintNotifier,
+    worker: WorkerHandle,
+    recorder: Option<Recorder>,
+    player: Option<Player>,
+    /// Last seen value of the "Arm capture" parameter (its edges arm and disarm).
+    capture_arm: bool,
+}
+
+impl Default for SongGen {
+    fn default() -> Self {
+        let params = Arc::new(SongGenParams::default());
+        let shared = Arc::new(Shared::default());
+        let status = Arc::new(Mutex::new(UiStatus::default()));
+        let repaint = RepaintNotifier::new();
+        let worker = WorkerHandle::spawn(
+            params.clone(),
+            shared.clone(),
+            status.clone(),
+            repaint.clone(),
+        );
+        Self {
+            params,
+            shared,
+            status,
+            editor_state: EguiEditorState::from_size(
+                nice_plug::editor::dpi::LogicalSize::new(
+                    editor::WIDTH as f64,
+                    editor::HEIGHT as f64,
+                ),
+                1.0,
+            ),
+            repaint,
+            worker,
+            recorder: None,
+            player: None,
+            capture_arm: false,
+        }
+    }
+}
+
+impl Plugin for SongGen {
+    const NAME: &'static str = "SongGen";
+    const VENDOR: &'static str = "songgen";
+    const URL: &'static str = "https://github.com/songgen/songgen";
+    const EMAIL: &'static str = "songgen@example.invalid";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
+        main_input_channels: NonZeroU32::new(2),
+        // The main output carries the input plus the take per the "Main output" parameter. It
+        // keeps the default "Output" name: nice-plug 0.4 reads a custom main-output name from
+        // the main-input slot.
+        main_output_channels: NonZeroU32::new(2),
+        aux_input_ports: &[new_nonzero_u32(2)],
+        aux_output_ports: &[new_nonzero_u32(2), new_nonzero_u32(2)],
+        names: PortNames {
+            layout: Some("Stereo + stems"),
+            main_input: None,
+            main_output: None,
+            aux_inputs: &["Style Sidechain"],
+            aux_outputs: &["Vocals", "Accompaniment"],
+        },
+    }];
+
+    type SysExMessage = ();
+    type BackgroundTask = ();
+    type Editor = EguiEditor<editor::EditorApp>;
+
+    fn params(&self) -> Arc<dyn Params> {
+        self.params.clone()
+    }
+
+    fn editor(&mut self, _executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        editor::create(
+            self.editor_state.clone(),
+            self.repaint.clone(),
+            editor::EditorApp::new(
+                self.params.clone(),
+                self.shared.clone(),
+                self.status.clone(),
+                self.worker.tx.clone(),
+            ),
+        )
+    }
+
+    fn activate(
+        &mut self,
+        _layout: &AudioIOLayout,
+        config: &BufferConfig,
+        _context: &mut impl ActivateContext<Self>,
+    ) -> bool {
+        let (recorder, recorder_link) = Recorder::new(config.sample_rate);
+        let (player, player_link) = Player::new();
+        self.recorder = Some(recorder);
+        self.player = Some(player);
+        self.capture_arm = self.params.capture_arm.value();
+        let offline = config.process_mode == ProcessMode::Offline;
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let sent = self.worker.tx.send(Command::Activated {
+            sample_rate: config.sample_rate,
+            recorder: recorder_link,
+            player: player_link,
+            loaded: offline.then_some(ack_tx),
+        });
+        if offline && sent.is_ok() {
+            // A bounce must not start before the take is there to be rendered.
+            let _ = ack_rx.recv_timeout(OFFLINE_LOAD_TIMEOUT);
+        }
+        true
+    }
+
+    fn process(
+        &mut self,
+        buffer: &mut Buffer,
+        aux: &mut AuxiliaryBuffers,
+        context: &mut impl ProcessContext<Self>,
+    ) -> ProcessStatus {
+        let timeline = Timeline::from_transport(context.transport());
+
+        let arm = self.params.capture_arm.value();
+        if arm != self.capture_arm {
+            self.capture_arm = arm;
+            if arm {
+                self.shared.capture.arm();
+            } else {
+                self.shared.capture.disarm();
+            }
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            let source = match self.params.capture_source.value() {
+                CaptureSource::Main => Some(buffer.as_slice_immutable()),
+                CaptureSource::Sidechain => aux.inputs.first().map(|b| b.as_slice_immutable()),
+            };
+            if let Some([l, r, ..]) = source {
+                recorder.process(&self.shared.capture, &timeline, [&**l, &**r]);
+            }
+        }
+
+        if let Some(player) = self.player.as_mut() {
+            let main_output = self.params.main_output.value();
+            let (vocals, accompaniment) = match aux.outputs {
+                [v, a, ..] => (stereo(v.as_slice()), stereo(a.as_slice())),
+                [v] => (stereo(v.as_slice()), None),
+                [] => (None, None),
+            };
+            if let Some(main) = stereo(buffer.as_slice()) {
+                player.process(
+                    &self.shared.play,
+                    &timeline,
+                    main_output,
+                    Outputs {
+                        main,
+                        vocals,
+                        accompaniment,
+                    },
+                );
+            }
+        }
+        // Takes play over silent input, so never let the host put the plugin to sleep.
+        ProcessStatus::KeepAlive
+    }
+}
+
+/// The two channels of a stereo bus.
+fn stereo<'a>(channels: &'a mut [&mut [f32]]) -> Option<[&'a mut [f32]; 2]> {
+    match channels {
+        [l, r, ..] => Some([&mut **l, &mut **r]),
+        _ => None,
+    }
+}
+
+impl ClapPlugin for SongGen {
+    const CLAP_ID: &'static str = "io.github.songgen.songgen";
+    const CLAP_DESCRIPTION: Option<&'static str> =
+        Some("Lyrics to song with SongGeneration 2: vocal and accompaniment stems");
+    const CLAP_MANUAL_URL: Option<&'static str> = Some(Self::URL);
+    const CLAP_SUPPORT_URL: Option<&'static str> = None;
+    const CLAP_FEATURES: &'static [ClapFeature] = &[
+        ClapFeature::Instrument,
+        ClapFeature::Synthesizer,
+        ClapFeature::Stereo,
+    ];
+}
+
+impl Vst3Plugin for SongGen {
+    const VST3_CLASS_ID: [u8; 16] = *b"SongGenLeVo2Plug";
+    const VST3_SUBCATEGORIES: &'static [Vst3SubCategory] =
+        &[Vst3SubCategory::Instrument, Vst3SubCategory::Generator];
+}
+
+nice_export_clap!(SongGen);
+nice_export_vst3!(SongGen);

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask parity <DIR>...` (more subcommands live alongside it).
+//! Project tasks: `cargo xtask parity <DIR>...`, `cargo xtask tiny-model <DIR>`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,9 @@ use songgen_engine::parity::{self, Summary};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  parity [--filter SUBSTR] <DIR>...   run every case of parity fixture directories";
+  parity [--filter SUBSTR] <DIR>...   run every case of parity fixture directories
+  tiny-model [--seed N] <DIR>         write a tiny random-weight model folder in the released
+                                      layout (DIR/songgeneration_v2_tiny + DIR/runtime)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("parity") => parity_cmd(&args[1..]),
+        Some("tiny-model") => tiny_model_cmd(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -63,4 +66,33 @@ fn parity_cmd(args: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn tiny_model_cmd(args: &[String]) -> Result<ExitCode> {
+    let mut seed = 0u64;
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seed" => {
+                let v = it.next().map(String::as_str).unwrap_or_default();
+                seed = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--seed needs a number, not `{v}`"))?;
+            }
+            _ if dir.is_none() => dir = Some(PathBuf::from(arg)),
+            _ => bail!("unexpected argument {arg:?}\n\n{USAGE}"),
+        }
+    }
+    let Some(dir) = dir else {
+        bail!("tiny-model needs a folder\n\n{USAGE}");
+    };
+    let model = songgen_tests::tiny_model::write(&dir, seed)?;
+    println!(
+        "wrote {} and {}\ntry: songgen generate --model {} --lyrics '[verse] hello world ; [chorus] la la' --accept-license",
+        model.model_dir.display(),
+        model.runtime_dir.display(),
+        model.model_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,223 @@
+//! Reading prompt clips and writing stems as WAV files.
+//!
+//! Stems are written to a hidden temporary file in the output folder and renamed into place once
+//! complete, so an interrupted run never leaves a truncated `.wav` under a final name and never
+//! replaces an earlier take halfway.
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// Sample rate of everything the decoder produces.
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Multichannel audio as one `Vec` per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    pub channels: Vec<Vec<f32>>,
+    pub sample_rate: u32,
+}
+
+impl Audio {
+    /// Length in sample frames (the shortest channel).
+    pub fn frames(&self) -> usize {
+        self.channels.iter().map(Vec::len).min().unwrap_or(0)
+    }
+}
+
+/// Errors reading or writing audio files; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("audio file {path}: not found")]
+    NotFound { path: PathBuf },
+    #[error("audio file {path}: cannot read it as WAV ({reason}); convert it to a 16-bit, 24-bit or float WAV file")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("audio file {path}: holds no samples")]
+    Empty { path: PathBuf },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("{path} already exists; pass --overwrite to replace it or choose another output folder or id")]
+    Exists { path: PathBuf },
+}
+
+/// Reads a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any rate and channel count).
+pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
+    if !path.is_file() {
+        return Err(AudioError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let unreadable = |e: hound::Error| AudioError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut reader = hound::WavReader::open(path).map_err(unreadable)?;
+    let spec = reader.spec();
+    let n_ch = usize::from(spec.channels.max(1));
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(unreadable)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|s| s as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(unreadable)?
+        }
+    };
+    if interleaved.len() < n_ch {
+        return Err(AudioError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut channels = vec![Vec::with_capacity(interleaved.len() / n_ch); n_ch];
+    for frame in interleaved.chunks_exact(n_ch) {
+        for (ch, &s) in channels.iter_mut().zip(frame) {
+            ch.push(s);
+        }
+    }
+    Ok(Audio {
+        channels,
+        sample_rate: spec.sample_rate,
+    })
+}
+
+/// Checks that `path` is a WAV file with samples, without reading them.
+pub fn probe_wav(path: &Path) -> Result<hound::WavSpec, AudioError> {
+    if !path.is_file() {
+        return Err(AudioError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let reader = hound::WavReader::open(path).map_err(|e| AudioError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if reader.duration() == 0 || reader.spec().sample_rate == 0 {
+        return Err(AudioError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(reader.spec())
+}
+
+/// Writes `audio` as 32-bit float WAV (the decoder's output is not clipped, and peaks above 1.0
+/// happen, so an integer format would distort them) through a temporary file and a rename.
+/// Refuses to replace an existing file unless `overwrite`.
+pub fn write_wav(path: &Path, audio: &Audio, overwrite: bool) -> Result<(), AudioError> {
+    if !overwrite && path.exists() {
+        return Err(AudioError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    let write_err = |reason: String| AudioError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tmp = temp_path(path);
+    let spec = hound::WavSpec {
+        channels: audio.channels.len() as u16,
+        sample_rate: audio.sample_rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let result = (|| -> Result<(), hound::Error> {
+        let file = fs::File::create(&tmp)?;
+        let mut w = hound::WavWriter::new(BufWriter::new(file), spec)?;
+        for i in 0..audio.frames() {
+            for ch in &audio.channels {
+                w.write_sample(ch[i])?;
+            }
+        }
+        w.finalize()
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(write_err(e.to_string()));
+    }
+    publish(&tmp, path, overwrite).map_err(|e| write_err(e.to_string()))
+}
+
+/// Writes a small text file (the JSON record) the same way as the stems.
+pub fn write_text(path: &Path, text: &str, overwrite: bool) -> Result<(), AudioError> {
+    if !overwrite && path.exists() {
+        return Err(AudioError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    let tmp = temp_path(path);
+    fs::write(&tmp, text)
+        .and_then(|()| publish(&tmp, path, overwrite))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            AudioError::Write {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })
+}
+
+/// `.<name>.partial` next to the destination, so the rename stays on one file system.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// Moves the finished temporary file into place. Without `overwrite` a hard link is used, which
+/// fails instead of replacing a file that appeared meanwhile.
+fn publish(tmp: &Path, path: &Path, overwrite: bool) -> std::io::Result<()> {
+    if overwrite {
+        return fs::rename(tmp, path);
+    }
+    let linked = fs::hard_link(tmp, path);
+    match linked {
+        Ok(()) => fs::remove_file(tmp),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(tmp);
+            Err(e)
+        }
+        // File systems without hard links: check-then-rename is the best available.
+        Err(_) if !path.exists() => fs::rename(tmp, path),
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wav_round_trip_and_no_silent_overwrite() {
+        let dir = std::env::temp_dir().join(format!("songgen-audio-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("take.wav");
+        let audio = Audio {
+            channels: vec![vec![0.5, -1.5, 0.25], vec![0.0, 1.0, -0.125]],
+            sample_rate: SAMPLE_RATE,
+        };
+        write_wav(&path, &audio, false).unwrap();
+        assert_eq!(read_wav(&path).unwrap(), audio);
+        let err = write_wav(&path, &audio, false).unwrap_err();
+        assert!(matches!(err, AudioError::Exists { .. }), "{err}");
+        write_wav(&path, &audio, true).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty());
+        fs::write(dir.join("bad.wav"), b"not a wav").unwrap();
+        let err = read_wav(&dir.join("bad.wav")).unwrap_err().to_string();
+        assert!(err.contains("bad.wav") && err.contains("WAV"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,801 @@
+//! The egui editor: lyrics with section-tag helpers and inline validation, style tags,
+//! generation options, the style prompt (including host capture), Generate/Cancel with progress,
+//! and the take list. It edits the persisted draft and sends commands to the worker; it never
+//! does slow work itself.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use egui::{Color32, RichText};
+use nice_plug::context::gui::GuiContext;
+use nice_plug::prelude::*;
+use nice_plug_egui::{
+    create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp,
+    RepaintNotifier,
+};
+use songgen_engine::protocol::GenType;
+
+use crate::capture::{CapturePhase, CaptureSource};
+use crate::files;
+use crate::lyrics::{self, INSTRUMENTAL_TAGS, VOCAL_TAGS};
+use crate::params::SongGenParams;
+use crate::playback::MainOutput;
+use crate::session::{Draft, PromptSource, TakeStatus, Takes};
+use crate::worker::{Command, EngineState, Shared, UiStatus};
+
+pub const WIDTH: u32 = 1000;
+pub const HEIGHT: u32 = 700;
+
+const GENDERS: &[&str] = &["", "female", "male"];
+const TIMBRES: &[&str] = &[
+    "", "dark", "bright", "soft", "warm", "powerful", "breathy", "raspy", "airy",
+];
+const GENRES: &[&str] = &[
+    "",
+    "pop",
+    "rock",
+    "electronic",
+    "hip-hop",
+    "r&b",
+    "jazz",
+    "folk",
+    "country",
+    "metal",
+    "reggae",
+    "dance",
+    "blues",
+    "soul",
+    "punk",
+    "classical",
+];
+const EMOTIONS: &[&str] = &[
+    "",
+    "happy",
+    "sad",
+    "energetic",
+    "romantic",
+    "melancholic",
+    "uplifting",
+    "angry",
+    "calm",
+    "dreamy",
+];
+const INSTRUMENTS: &[&str] = &[
+    "",
+    "piano and drums",
+    "acoustic guitar",
+    "electric guitar and drums",
+    "synthesizer and drums",
+    "bass and drums",
+    "strings",
+    "piano",
+];
+/// Genres of the engine's auto-prompt library.
+const AUTO_GENRES: &[&str] = &[
+    "Auto",
+    "Pop",
+    "R&B",
+    "Dance",
+    "Jazz",
+    "Folk",
+    "Rock",
+    "Chinese Style",
+    "Chinese Tradition",
+    "Metal",
+    "Reggae",
+    "Chinese Opera",
+];
+
+const LICENCE_NOTICE: &str = "SongGen runs Tencent's SongGeneration 2 (LeVo 2) model. The model \
+weights are not part of this plugin: they are downloaded separately (`songgen fetch`) and are \
+licensed by Tencent under its own terms, which restrict commercial use and use by some parties. \
+By continuing you confirm that you have read and accept the licence that comes with the weights, \
+and that you are responsible for how you use what they generate.";
+
+pub fn create(
+    state: Arc<EguiEditorState>,
+    repaint: RepaintNotifier,
+    app: EditorApp,
+) -> Option<EguiEditor<EditorApp>> {
+    create_egui_editor(
+        state,
+        repaint,
+        EguiNiceSettings::new().with_tile("SongGen"),
+        app,
+    )
+}
+
+pub struct EditorApp {
+    params: Arc<SongGenParams>,
+    shared: Arc<Shared>,
+    status: Arc<Mutex<UiStatus>>,
+    worker: Sender<Command>,
+    gui: Option<GuiContext>,
+
+    /// Local copy of the persisted draft, written back on every change.
+    draft: Draft,
+    draft_version: u64,
+    check: lyrics::Check,
+    /// Character index of the lyrics cursor, where tags are inserted.
+    cursor: Option<usize>,
+    licence_accepted: bool,
+    export_dir: String,
+}
+
+impl EditorApp {
+    pub fn new(
+        params: Arc<SongGenParams>,
+        shared: Arc<Shared>,
+        status: Arc<Mutex<UiStatus>>,
+        worker: Sender<Command>,
+    ) -> Self {
+        let export_dir = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join("songgen-stems"))
+            .unwrap_or_else(|| files::cache_dir().join("export"))
+            .display()
+            .to_string();
+        Self {
+            params,
+            shared,
+            status,
+            worker,
+            gui: None,
+            draft: Draft::default(),
+            draft_version: u64::MAX,
+            check: lyrics::Check::default(),
+            cursor: None,
+            licence_accepted: files::licence_accepted(),
+            export_dir,
+        }
+    }
+
+    fn send(&self, cmd: Command) {
+        let _ = self.worker.send(cmd);
+    }
+
+    /// Picks up a draft loaded by the host (project reload) and re-validates.
+    fn refresh_draft(&mut self) {
+        let v = self.params.draft.version();
+        if v != self.draft_version {
+            self.draft = self.params.draft.read().clone();
+            self.draft_version = v;
+            self.check = lyrics::check(&self.draft.lyrics);
+        }
+    }
+
+    fn commit_draft(&mut self) {
+        let d = self.draft.clone();
+        self.params.draft.update(|x| *x = d);
+        self.draft_version = self.params.draft.version();
+    }
+
+    fn set_param<P: Param>(&self, param: &P, value: P::Plain) {
+        if let Some(gui) = &self.gui {
+            let setter = gui.param_setter();
+            setter.begin_set_parameter(param);
+            setter.set_parameter(param, value);
+            setter.end_set_parameter(param);
+        }
+    }
+}
+
+impl NiceEguiApp for EditorApp {
+    fn build(
+        &mut self,
+        _ctx: egui::Context,
+        gui: GuiContext,
+        _frame: &mut Frame,
+    ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
+        self.gui = Some(gui);
+        Ok(())
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
+        self.refresh_draft();
+        let status = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let takes = self.params.takes.read().clone();
+        let mut changed = false;
+
+        egui::Panel::top("header").show(ui, |ui| header(ui, &status, &self.worker));
+        egui::Panel::bottom("generate").show(ui, |ui| {
+            self.generate_bar(ui, &status);
+        });
+        egui::Panel::left("lyrics")
+            .default_size(430.0)
+            .resizable(true)
+            .show(ui, |ui| changed |= self.lyrics_panel(ui));
+        egui::CentralPanel::default_margins().show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                changed |= self.style_panel(ui);
+                ui.separator();
+                changed |= self.prompt_panel(ui, &status);
+                ui.separator();
+                self.takes_panel(ui, &takes);
+            });
+        });
+        if changed {
+            self.commit_draft();
+        }
+        if !self.licence_accepted {
+            self.licence_window(ui);
+        }
+        if status.job.is_some() || self.shared.capture.phase() != CapturePhase::Idle {
+            ui.ctx().request_repaint_after(Duration::from_millis(200));
+        }
+    }
+}
+
+fn header(ui: &mut egui::Ui, status: &UiStatus, worker: &Sender<Command>) {
+    ui.horizontal(|ui| {
+        ui.heading("SongGen");
+        ui.label(RichText::new("SongGeneration 2").weak());
+        ui.separator();
+        let (color, text) = match &status.engine {
+            EngineState::NotStarted => (Color32::GRAY, "engine: not started".to_owned()),
+            EngineState::Starting => (Color32::YELLOW, "engine: loading model…".to_owned()),
+            EngineState::Ready { model, device } => (
+                Color32::LIGHT_GREEN,
+                format!("engine ready: {model} on {device}"),
+            ),
+            EngineState::Restarting { reason } => {
+                (Color32::ORANGE, format!("{reason}; restarting…"))
+            }
+            EngineState::Failed { reason } => (Color32::LIGHT_RED, reason.clone()),
+        };
+        ui.label(RichText::new("●").color(color));
+        ui.label(text);
+        if ui.small_button("Restart engine").clicked() {
+            let _ = worker.send(Command::RestartEngine);
+        }
+    });
+    if let Some((is_error, text)) = &status.message {
+        let color = if *is_error {
+            Color32::LIGHT_RED
+        } else {
+            Color32::LIGHT_GRAY
+        };
+        ui.label(RichText::new(text).color(color).small());
+    }
+}
+
+impl EditorApp {
+    fn lyrics_panel(&mut self, ui: &mut egui::Ui) -> bool {
+        let mut changed = false;
+        ui.heading("Lyrics");
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Insert:");
+            for tag in VOCAL_TAGS {
+                if ui.button(tag).clicked() {
+                    self.insert_tag(tag);
+                    changed = true;
+                }
+            }
+            for (name, tags) in INSTRUMENTAL_TAGS {
+                ui.menu_button(format!("[{name}] ▾"), |ui| {
+                    for tag in tags {
+                        if ui.button(tag).clicked() {
+                            self.insert_tag(tag);
+                            changed = true;
+                            ui.close();
+                        }
+                    }
+                });
+            }
+        });
+        let out = egui::TextEdit::multiline(&mut self.draft.lyrics)
+            .id_salt("lyrics-text")
+            .desired_rows(22)
+            .desired_width(f32::INFINITY)
+            .font(egui::TextStyle::Monospace)
+            .hint_text("[verse]\nfirst line\nsecond line\n\n[chorus]\n…")
+            .show(ui);
+        if let Some(range) = out.cursor_range {
+            self.cursor = Some(range.primary.index.0);
+        }
+        if out.response.changed() {
+            changed = true;
+        }
+        if changed {
+            self.check = lyrics::check(&self.draft.lyrics);
+        }
+        if self.check.errors.is_empty() && self.check.warnings.is_empty() {
+            ui.label(RichText::new("✔ lyrics look good").color(Color32::LIGHT_GREEN));
+        }
+        for issue in &self.check.errors {
+            ui.label(
+                RichText::new(format!(
+                    "✖ line {}: {} — {}",
+                    issue.line, issue.message, issue.fix
+                ))
+                .color(Color32::LIGHT_RED),
+            );
+        }
+        for issue in &self.check.warnings {
+            ui.label(
+                RichText::new(format!(
+                    "⚠ line {}: {} — {}",
+                    issue.line, issue.message, issue.fix
+                ))
+                .color(Color32::YELLOW),
+            );
+        }
+        changed
+    }
+
+    /// Inserts a section tag on its own line at the cursor (or at the end).
+    fn insert_tag(&mut self, tag: &str) {
+        let text = &mut self.draft.lyrics;
+        let chars = text.chars().count();
+        let at = self.cursor.unwrap_or(chars).min(chars);
+        let byte = text.char_indices().nth(at).map_or(text.len(), |(b, _)| b);
+        let before = &text[..byte];
+        let mut insert = String::new();
+        if !before.is_empty() && !before.ends_with('\n') {
+            insert.push('\n');
+        }
+        if !before.is_empty() && !before.ends_with("\n\n") {
+            insert.push('\n');
+        }
+        insert.push_str(tag);
+        insert.push('\n');
+        text.insert_str(byte, &insert);
+        self.cursor = Some(at + insert.chars().count());
+    }
+
+    fn style_panel(&mut self, ui: &mut egui::Ui) -> bool {
+        let mut changed = false;
+        let d = &mut self.draft;
+        ui.heading("Style");
+        egui::Grid::new("tags").num_columns(2).show(ui, |ui| {
+            for (label, value, options) in [
+                ("Gender", &mut d.tags.gender, GENDERS),
+                ("Timbre", &mut d.tags.timbre, TIMBRES),
+                ("Genre", &mut d.tags.genre, GENRES),
+                ("Emotion", &mut d.tags.emotion, EMOTIONS),
+                ("Instruments", &mut d.tags.instruments, INSTRUMENTS),
+            ] {
+                ui.label(label);
+                changed |= pick(ui, label, value, options);
+                ui.end_row();
+            }
+            ui.label("BPM");
+            ui.horizontal(|ui| {
+                changed |= ui
+                    .add(egui::DragValue::new(&mut d.tags.bpm).range(0..=240))
+                    .changed();
+                ui.label(RichText::new("0 = let the model choose").weak());
+            });
+            ui.end_row();
+            ui.label("More");
+            changed |= ui
+                .add(
+                    egui::TextEdit::singleline(&mut d.tags.free_text)
+                        .hint_text("free text, e.g. lo-fi, vinyl crackle"),
+                )
+                .changed();
+            ui.end_row();
+            ui.label("Generate");
+            egui::ComboBox::from_id_salt("gen-type")
+                .selected_text(gen_type_label(d.gen_type))
+                .show_ui(ui, |ui| {
+                    for t in [
+                        GenType::Separate,
+                        GenType::Mixed,
+                        GenType::Vocal,
+                        GenType::Bgm,
+                    ] {
+                        changed |= ui
+                            .selectable_value(&mut d.gen_type, t, gen_type_label(t))
+                            .changed();
+                    }
+                });
+            ui.end_row();
+            ui.label("Seed");
+            ui.horizontal(|ui| {
+                let mut random = d.seed.is_none();
+                if ui.checkbox(&mut random, "random").changed() {
+                    d.seed = if random { None } else { Some(0) };
+                    changed = true;
+                }
+                if let Some(seed) = d.seed.as_mut() {
+                    changed |= ui.add(egui::DragValue::new(seed)).changed();
+                }
+            });
+            ui.end_row();
+        });
+        if let Some(desc) = d.tags.descriptions() {
+            ui.label(RichText::new(format!("→ “{desc}”")).weak().small());
+        }
+        egui::CollapsingHeader::new("Advanced sampling").show(ui, |ui| {
+            let s = &mut d.sampling;
+            egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
+                ui.label("Guidance (CFG)");
+                changed |= ui
+                    .add(egui::Slider::new(&mut s.cfg_coef, 0.0..=5.0))
+                    .changed();
+                ui.end_row();
+                ui.label("Temperature");
+                changed |= ui
+                    .add(egui::Slider::new(&mut s.temperature, 0.05..=2.0))
+                    .changed();
+                ui.end_row();
+                ui.label("Top-k");
+                changed |= ui
+                    .add(egui::DragValue::new(&mut s.top_k).range(1..=16384))
+                    .changed();
+                ui.end_row();
+                ui.label("Repetition penalty");
+                changed |= ui
+                    .add(egui::Slider::new(&mut s.penalty, 1.0..=2.0))
+                    .changed();
+                ui.end_row();
+                ui.label("Penalty window");
+                changed |= ui
+                    .add(egui::DragValue::new(&mut s.record_window).range(0..=1000))
+                    .changed();
+                ui.end_row();
+                ui.label("Sampling");
+                changed |= ui
+                    .checkbox(&mut s.use_sampling, "sample (off = greedy)")
+                    .changed();
+                ui.end_row();
+            });
+            if ui.small_button("Reset to defaults").clicked() {
+                *s = Default::default();
+                changed = true;
+            }
+        });
+        changed
+    }
+
+    fn prompt_panel(&mut self, ui: &mut egui::Ui, status: &UiStatus) -> bool {
+        let mut changed = false;
+        ui.heading("Style prompt");
+        let current = self.draft.prompt.clone();
+        ui.horizontal(|ui| {
+            let mut pick = |ui: &mut egui::Ui, on: bool, label: &str, value: PromptSource| {
+                if ui.radio(on, label).clicked() && !on {
+                    self.draft.prompt = value;
+                    changed = true;
+                }
+            };
+            pick(
+                ui,
+                current == PromptSource::None,
+                "None",
+                PromptSource::None,
+            );
+            pick(
+                ui,
+                matches!(current, PromptSource::AutoGenre { .. }),
+                "Auto genre",
+                PromptSource::AutoGenre {
+                    genre: "Auto".into(),
+                },
+            );
+            pick(
+                ui,
+                current == PromptSource::Captured,
+                "Captured region",
+                PromptSource::Captured,
+            );
+            pick(
+                ui,
+                matches!(current, PromptSource::File { .. }),
+                "File",
+                PromptSource::File {
+                    path: PathBuf::new(),
+                },
+            );
+        });
+        match &mut self.draft.prompt {
+            PromptSource::None => {
+                ui.label(RichText::new("Text tags only.").weak());
+            }
+            PromptSource::AutoGenre { genre } => {
+                egui::ComboBox::from_id_salt("auto-genre")
+                    .selected_text(genre.as_str())
+                    .show_ui(ui, |ui| {
+                        for g in AUTO_GENRES {
+                            changed |= ui.selectable_value(genre, g.to_string(), *g).changed();
+                        }
+                    });
+            }
+            PromptSource::File { path } => {
+                let mut text = path.display().to_string();
+                if ui
+                    .add(
+                        egui::TextEdit::singleline(&mut text)
+                            .hint_text("/path/to/reference.wav")
+                            .desired_width(f32::INFINITY),
+                    )
+                    .changed()
+                {
+                    *path = PathBuf::from(text);
+                    changed = true;
+                }
+            }
+            PromptSource::Captured => {}
+        }
+        // Capture is available whatever the prompt choice; a finished capture selects it.
+        ui.horizontal(|ui| {
+            ui.label("Capture from");
+            let source = self.params.capture_source.value();
+            for s in [CaptureSource::Main, CaptureSource::Sidechain] {
+                let label = match s {
+                    CaptureSource::Main => "main input",
+                    CaptureSource::Sidechain => "Style Sidechain",
+                };
+                if ui.radio(source == s, label).clicked() {
+                    self.set_param(&self.params.capture_source, s);
+                }
+            }
+            let phase = self.shared.capture.phase();
+            match phase {
+                CapturePhase::Idle => {
+                    if ui.button("⏺ Arm capture").clicked() {
+                        self.shared.capture.arm();
+                    }
+                }
+                _ => {
+                    if ui.button("⏹ Disarm").clicked() {
+                        self.shared.capture.disarm();
+                    }
+                }
+            }
+            match phase {
+                CapturePhase::Armed => {
+                    ui.label("armed: play the loop (or from where to record 10 s)");
+                }
+                CapturePhase::Recording => {
+                    ui.add(
+                        egui::ProgressBar::new(self.shared.capture.progress())
+                            .desired_width(120.0)
+                            .show_percentage(),
+                    );
+                }
+                CapturePhase::Idle => {}
+            }
+        });
+        let captured = self.params.capture.read().clone();
+        match captured {
+            Some(c) => {
+                ui.label(format!(
+                    "Captured {:.2} s ({})",
+                    c.seconds,
+                    if c.from_loop {
+                        "loop range"
+                    } else {
+                        "record on play"
+                    }
+                ));
+                waveform(ui, &status.waveform);
+            }
+            None => {
+                ui.label(RichText::new("Nothing captured yet.").weak());
+            }
+        }
+        changed
+    }
+
+    fn takes_panel(&mut self, ui: &mut egui::Ui, takes: &Takes) {
+        ui.heading("Takes");
+        ui.horizontal(|ui| {
+            ui.label("Main output plays");
+            let current = self.params.main_output.value();
+            for m in [
+                MainOutput::Mix,
+                MainOutput::Vocals,
+                MainOutput::Accompaniment,
+                MainOutput::Off,
+            ] {
+                if ui.radio(current == m, format!("{m:?}")).clicked() {
+                    self.set_param(&self.params.main_output, m);
+                }
+            }
+        });
+        ui.label(
+            RichText::new("Vocals and Accompaniment also play on their own output buses.")
+                .weak()
+                .small(),
+        );
+        if takes.list.is_empty() {
+            ui.label(RichText::new("No takes yet: write lyrics and press Generate.").weak());
+            return;
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("take-list")
+            .max_height(160.0)
+            .show(ui, |ui| {
+                for t in takes.list.iter().rev() {
+                    let selected = takes.selected.as_deref() == Some(t.id.as_str());
+                    let (state, color) = match &t.status {
+                        TakeStatus::Running => ("generating".to_owned(), Color32::YELLOW),
+                        TakeStatus::Done => (format_time(t.seconds()), Color32::LIGHT_GREEN),
+                        TakeStatus::Failed { message } => {
+                            (format!("failed: {message}"), Color32::LIGHT_RED)
+                        }
+                        TakeStatus::Cancelled => ("cancelled".to_owned(), Color32::GRAY),
+                    };
+                    let seed = t.seed.map_or("random".to_owned(), |s| s.to_string());
+                    let text = RichText::new(format!(
+                        "{}  ·  {}  ·  seed {}  ·  {}",
+                        t.id, state, seed, t.prompt
+                    ))
+                    .color(color);
+                    if ui.selectable_label(selected, text).clicked() {
+                        self.send(Command::Select(t.id.clone()));
+                    }
+                }
+            });
+        let Some(sel) = takes.selected_take() else {
+            return;
+        };
+        ui.horizontal(|ui| {
+            ui.label("Starts at");
+            let mut anchor = sel.anchor_seconds;
+            if ui
+                .add(
+                    egui::DragValue::new(&mut anchor)
+                        .range(0.0..=36000.0)
+                        .speed(0.05)
+                        .suffix(" s"),
+                )
+                .changed()
+            {
+                self.send(Command::SetAnchor {
+                    take: sel.id.clone(),
+                    seconds: anchor,
+                });
+            }
+            if ui.button("Move to playhead").clicked() {
+                if let Some(p) = self.shared.play.playhead_seconds() {
+                    self.send(Command::SetAnchor {
+                        take: sel.id.clone(),
+                        seconds: p,
+                    });
+                }
+            }
+            if ui.button("Delete take").clicked() {
+                self.send(Command::Delete(sel.id.clone()));
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(260.0));
+            let enabled = sel.status == TakeStatus::Done;
+            if ui
+                .add_enabled(enabled, egui::Button::new("Export stems"))
+                .clicked()
+            {
+                self.send(Command::Export {
+                    take: sel.id.clone(),
+                    dir: PathBuf::from(self.export_dir.trim()),
+                });
+            }
+        });
+    }
+
+    fn generate_bar(&mut self, ui: &mut egui::Ui, status: &UiStatus) {
+        ui.add_space(4.0);
+        ui.horizontal(|ui| match &status.job {
+            None => {
+                let ok = self.check.is_ok() && self.licence_accepted;
+                let button = egui::Button::new(RichText::new("▶ Generate").heading());
+                if ui.add_enabled(ok, button).clicked() {
+                    self.commit_draft();
+                    self.send(Command::Generate);
+                }
+                if !self.check.is_ok() {
+                    ui.label(RichText::new("fix the lyrics to generate").color(Color32::LIGHT_RED));
+                }
+            }
+            Some(job) => {
+                if ui.button(RichText::new("■ Cancel").heading()).clicked() {
+                    self.send(Command::Cancel);
+                }
+                let stage = job.stage.map_or("waiting for the engine".to_owned(), |s| {
+                    format!("{s:?}").to_lowercase()
+                });
+                let eta = job
+                    .stage_eta()
+                    .map(|d| format!(" · {} left in this stage", format_time(d.as_secs_f64())))
+                    .unwrap_or_default();
+                ui.add(
+                    egui::ProgressBar::new(job.fraction())
+                        .desired_width(360.0)
+                        .text(format!("{} {}/{}{}", stage, job.done, job.total, eta)),
+                );
+                ui.label(format!(
+                    "elapsed {}",
+                    format_time(job.started.elapsed().as_secs_f64())
+                ));
+            }
+        });
+        ui.add_space(4.0);
+    }
+
+    fn licence_window(&mut self, ui: &mut egui::Ui) {
+        egui::Window::new("Before you start")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ui.ctx(), |ui| {
+                ui.set_max_width(460.0);
+                ui.label(LICENCE_NOTICE);
+                ui.add_space(8.0);
+                if ui.button("I have read the licence and accept it").clicked() {
+                    match files::accept_licence() {
+                        Ok(()) => self.licence_accepted = true,
+                        Err(e) => {
+                            self.status
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .message = Some((true, format!("{e:#}")));
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// A combo box of presets for one style tag; returns whether it changed.
+fn pick(ui: &mut egui::Ui, id: &str, value: &mut String, options: &[&str]) -> bool {
+    let mut changed = false;
+    let shown = if value.is_empty() {
+        "—"
+    } else {
+        value.as_str()
+    };
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(shown.to_owned())
+        .width(200.0)
+        .show_ui(ui, |ui| {
+            for o in options {
+                let label = if o.is_empty() { "—" } else { o };
+                changed |= ui.selectable_value(value, o.to_string(), label).changed();
+            }
+        });
+    changed
+}
+
+fn gen_type_label(t: GenType) -> &'static str {
+    match t {
+        GenType::Separate => "Separate stems (vocals + accompaniment)",
+        GenType::Mixed => "Full mix only",
+        GenType::Vocal => "Vocals only",
+        GenType::Bgm => "Accompaniment only",
+    }
+}
+
+fn format_time(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// Draws peak levels as a filled waveform.
+fn waveform(ui: &mut egui::Ui, peaks: &[f32]) {
+    let size = egui::vec2(ui.available_width().min(520.0), 56.0);
+    let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 3.0, Color32::from_gray(24));
+    if peaks.is_empty() {
+        return;
+    }
+    let mid = rect.center().y;
+    let half = rect.height() / 2.0 - 2.0;
+    let step = rect.width() / peaks.len() as f32;
+    for (i, p) in peaks.iter().enumerate() {
+        let x = rect.left() + (i as f32 + 0.5) * step;
+        let h = (p.clamp(0.0, 1.0) * half).max(0.5);
+        painter.line_segment(
+            [egui::pos2(x, mid - h), egui::pos2(x, mid + h)],
+            egui::Stroke::new(step.max(1.0), Color32::from_rgb(110, 180, 255)),
+        );
+    }
+}

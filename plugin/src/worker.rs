@@ -1,0 +1,804 @@
+//! The plugin's worker thread: everything slow or fallible happens here, never on the audio or
+//! GUI thread. It supervises the engine process (start, restart after a crash, report), turns
+//! Generate into a take, saves captures, loads stems for playback and exports them.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{select, Receiver, Sender};
+use nice_plug::prelude::*;
+use nice_plug_egui::RepaintNotifier;
+use songgen_engine::protocol::{Event, Job, Request, Stage, StylePrompt};
+
+use crate::capture::{CaptureControl, CapturePhase, RecorderLink};
+use crate::engine::{self, EngineMsg, EngineProcess};
+use crate::files;
+use crate::lyrics;
+use crate::params::{CapturedPrompt, SongGenParams};
+use crate::playback::{PlayState, PlayerLink, PlayerMsg, Stems};
+use crate::session::{PromptSource, Take, TakeStatus};
+
+/// Crashes within this window count towards giving up on automatic restarts.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+const MAX_CRASHES: usize = 3;
+const RESTART_DELAY: Duration = Duration::from_millis(300);
+/// Bins of the captured-prompt waveform.
+const WAVEFORM_BINS: usize = 400;
+
+/// Lock-free state shared with the audio thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub capture: CaptureControl,
+    pub play: PlayState,
+}
+
+/// Requests to the worker (from the plugin and the editor).
+pub enum Command {
+    /// The host (re)activated the plugin: new rings for the new audio-thread objects.
+    Activated {
+        sample_rate: f32,
+        recorder: RecorderLink,
+        player: PlayerLink,
+        /// Answered once the selected take is loaded (offline bounces wait for it).
+        loaded: Option<Sender<()>>,
+    },
+    Generate,
+    Cancel,
+    RestartEngine,
+    Select(String),
+    Delete(String),
+    SetAnchor {
+        take: String,
+        seconds: f64,
+    },
+    Export {
+        take: String,
+        dir: PathBuf,
+    },
+    Shutdown,
+}
+
+/// How the engine is doing, for the editor.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EngineState {
+    #[default]
+    NotStarted,
+    Starting,
+    Ready {
+        model: String,
+        device: String,
+    },
+    /// Crashed; a new process starts shortly.
+    Restarting {
+        reason: String,
+    },
+    /// Not running and not restarting by itself (Generate or Restart tries again).
+    Failed {
+        reason: String,
+    },
+}
+
+/// A job in flight.
+#[derive(Debug, Clone)]
+pub struct JobProgress {
+    pub take_id: String,
+    pub stage: Option<Stage>,
+    pub done: u64,
+    pub total: u64,
+    pub started: Instant,
+    stage_started: Instant,
+}
+
+impl JobProgress {
+    /// Fraction of the current stage.
+    pub fn fraction(&self) -> f32 {
+        if self.total == 0 {
+            0.0
+        } else {
+            (self.done as f32 / self.total as f32).clamp(0.0, 1.0)
+        }
+    }
+
+    /// Remaining time of the current stage at its average rate so far.
+    pub fn stage_eta(&self) -> Option<Duration> {
+        if self.done == 0 || self.total <= self.done {
+            return None;
+        }
+        let elapsed = self.stage_started.elapsed().as_secs_f64();
+        let per_unit = elapsed / self.done as f64;
+        Some(Duration::from_secs_f64(
+            per_unit * (self.total - self.done) as f64,
+        ))
+    }
+}
+
+/// What the editor shows; written by the worker, read by the editor each frame.
+#[derive(Debug, Clone, Default)]
+pub struct UiStatus {
+    pub engine: EngineState,
+    pub engine_pid: Option<u32>,
+    /// Engine processes started so far.
+    pub engine_starts: u64,
+    pub job: Option<JobProgress>,
+    /// Last message for the user: (is error, text).
+    pub message: Option<(bool, String)>,
+    /// Peaks of the captured prompt.
+    pub waveform: Vec<f32>,
+}
+
+/// Owns the worker thread; dropping it stops the thread and the engine.
+pub struct WorkerHandle {
+    pub tx: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub fn spawn(
+        params: Arc<SongGenParams>,
+        shared: Arc<Shared>,
+        status: Arc<Mutex<UiStatus>>,
+        repaint: RepaintNotifier,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("songgen-worker".into())
+            .spawn(move || Worker::new(params, shared, status, repaint).run(rx))
+            .expect("spawning the songgen worker thread");
+        Self {
+            tx,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    params: Arc<SongGenParams>,
+    shared: Arc<Shared>,
+    status: Arc<Mutex<UiStatus>>,
+    repaint: RepaintNotifier,
+
+    engine: Option<EngineProcess>,
+    engine_tx: Sender<EngineMsg>,
+    engine_rx: Receiver<EngineMsg>,
+    generation: u64,
+    engine_ready: bool,
+    last_engine_error: Option<String>,
+    crashes: VecDeque<Instant>,
+    restart_at: Option<Instant>,
+    /// The take being generated.
+    running: Option<String>,
+
+    sample_rate: f32,
+    recorder: Option<RecorderLink>,
+    player: Option<PlayerLink>,
+    /// (take id, sample rate) of the stems the player has.
+    loaded: Option<(String, f32)>,
+    takes_version: u64,
+    capture_version: u64,
+    last_repaint: Instant,
+}
+
+impl Worker {
+    fn new(
+        params: Arc<SongGenParams>,
+        shared: Arc<Shared>,
+        status: Arc<Mutex<UiStatus>>,
+        repaint: RepaintNotifier,
+    ) -> Self {
+        let (engine_tx, engine_rx) = crossbeam_channel::unbounded();
+        Self {
+            params,
+            shared,
+            status,
+            repaint,
+            engine: None,
+            engine_tx,
+            engine_rx,
+            generation: 0,
+            engine_ready: false,
+            last_engine_error: None,
+            crashes: VecDeque::new(),
+            restart_at: None,
+            running: None,
+            sample_rate: 0.0,
+            recorder: None,
+            player: None,
+            loaded: None,
+            takes_version: u64::MAX,
+            capture_version: u64::MAX,
+            last_repaint: Instant::now(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            select! {
+                recv(rx) -> cmd => match cmd {
+                    Ok(Command::Shutdown) | Err(_) => break,
+                    Ok(cmd) => self.command(cmd),
+                },
+                recv(self.engine_rx) -> msg => {
+                    if let Ok(msg) = msg {
+                        self.engine_msg(msg);
+                    }
+                }
+                default(Duration::from_millis(20)) => {}
+            }
+            self.tick();
+        }
+        // Dropping the process asks it to shut down, then kills it.
+        self.engine = None;
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, UiStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn message(&self, is_error: bool, text: impl Into<String>) {
+        let text = text.into();
+        if is_error {
+            nice_warn!("songgen: {text}");
+        } else {
+            nice_log!("songgen: {text}");
+        }
+        self.status().message = Some((is_error, text));
+        self.repaint.request_repaint();
+    }
+
+    fn set_engine_state(&self, state: EngineState) {
+        let mut s = self.status();
+        s.engine = state;
+        s.engine_pid = self.engine.as_ref().map(EngineProcess::pid);
+        drop(s);
+        self.repaint.request_repaint();
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Activated {
+                sample_rate,
+                recorder,
+                player,
+                loaded,
+            } => {
+                self.sample_rate = sample_rate;
+                self.shared.play.set_sample_rate(sample_rate as f64);
+                self.recorder = Some(recorder);
+                self.player = Some(player);
+                self.loaded = None;
+                self.sync_playback();
+                if let Some(ack) = loaded {
+                    let _ = ack.send(());
+                }
+                if self.engine.is_none() && self.status().engine == EngineState::NotStarted {
+                    self.start_engine();
+                }
+            }
+            Command::Generate => {
+                if let Err(e) = self.generate() {
+                    self.message(true, format!("{e:#}"));
+                }
+            }
+            Command::Cancel => {
+                if let Some(id) = self.running.clone() {
+                    self.send(Request::Cancel { id });
+                }
+            }
+            Command::RestartEngine => {
+                self.engine = None;
+                self.crashes.clear();
+                self.fail_running("engine restarted by the user");
+                self.start_engine();
+            }
+            Command::Select(id) => self.params.takes.update(|t| t.selected = Some(id)),
+            Command::Delete(id) => {
+                if self.running.as_deref() == Some(id.as_str()) {
+                    self.message(true, "cancel the take before deleting it");
+                    return;
+                }
+                self.params.takes.update(|t| {
+                    t.list.retain(|x| x.id != id);
+                    if t.selected.as_deref() == Some(id.as_str()) {
+                        t.selected = t.list.last().map(|x| x.id.clone());
+                    }
+                });
+                let _ = std::fs::remove_dir_all(files::take_dir(&id));
+            }
+            Command::SetAnchor { take, seconds } => self.params.takes.update(|t| {
+                if let Some(t) = t.get_mut(&take) {
+                    t.anchor_seconds = seconds.max(0.0);
+                }
+            }),
+            Command::Export { take, dir } => match self.export(&take, &dir) {
+                Ok(n) => self.message(false, format!("exported {n} stems to {}", dir.display())),
+                Err(e) => self.message(true, format!("export failed: {e:#}")),
+            },
+            Command::Shutdown => {}
+        }
+    }
+
+    // ----- engine supervision -----
+
+    fn start_engine(&mut self) {
+        self.restart_at = None;
+        self.engine_ready = false;
+        self.last_engine_error = None;
+        let settings = self.params.engine.read().clone();
+        let configured = PathBuf::from(settings.engine_path.trim());
+        let exe = match engine::locate(Some(&configured)) {
+            Ok(exe) => exe,
+            Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
+        };
+        let args: Vec<String> = settings
+            .extra_args
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        self.generation += 1;
+        match EngineProcess::spawn(&exe, &args, self.generation, self.engine_tx.clone()) {
+            Ok(p) => {
+                nice_log!(
+                    "songgen: started engine {} (pid {})",
+                    exe.display(),
+                    p.pid()
+                );
+                self.engine = Some(p);
+                self.status().engine_starts += 1;
+                self.set_engine_state(EngineState::Starting);
+            }
+            Err(e) => self.set_engine_state(EngineState::Failed {
+                reason: format!("{e:#}"),
+            }),
+        }
+    }
+
+    fn send(&mut self, req: Request) {
+        let Some(p) = self.engine.as_mut() else {
+            return;
+        };
+        if let Err(e) = p.send(&req) {
+            nice_warn!("songgen: {e:#}");
+            self.engine_exited();
+        }
+    }
+
+    fn engine_msg(&mut self, msg: EngineMsg) {
+        let current = self.engine.as_ref().map(|p| p.generation);
+        match msg {
+            EngineMsg::Event(g, ev) if Some(g) == current => self.engine_event(ev),
+            EngineMsg::Garbage(g, line) if Some(g) == current => {
+                nice_warn!("songgen: engine wrote a non-protocol line: {line}")
+            }
+            EngineMsg::Closed(g) if Some(g) == current => self.engine_exited(),
+            _ => {}
+        }
+    }
+
+    /// The engine process ended (crash, OOM kill, startup failure): report it, fail the running
+    /// take and restart unless it keeps crashing or never came up.
+    fn engine_exited(&mut self) {
+        let Some(mut p) = self.engine.take() else {
+            return;
+        };
+        let how = engine::describe_exit(p.wait_exit());
+        let detail = self
+            .last_engine_error
+            .take()
+            .or_else(|| p.last_stderr())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        drop(p);
+        let reason = format!("engine {how}{detail}");
+        self.fail_running(&reason);
+        let now = Instant::now();
+        self.crashes
+            .retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+        self.crashes.push_back(now);
+        if self.engine_ready && self.crashes.len() < MAX_CRASHES {
+            nice_warn!("songgen: {reason}; restarting");
+            self.restart_at = Some(now + RESTART_DELAY);
+            self.set_engine_state(EngineState::Restarting { reason });
+        } else {
+            nice_warn!("songgen: {reason}");
+            self.set_engine_state(EngineState::Failed { reason });
+        }
+    }
+
+    fn fail_running(&mut self, reason: &str) {
+        if let Some(id) = self.running.take() {
+            self.params.takes.update(|t| {
+                if let Some(t) = t.get_mut(&id) {
+                    t.status = TakeStatus::Failed {
+                        message: reason.to_owned(),
+                    };
+                }
+            });
+            self.status().job = None;
+            self.message(true, format!("{id} failed: {reason}"));
+        }
+    }
+
+    fn engine_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready { model, device, .. } => {
+                self.engine_ready = true;
+                self.set_engine_state(EngineState::Ready { model, device });
+            }
+            Event::Queued { .. } | Event::Status { .. } => {}
+            Event::Started { id, seed } => self.params.takes.update(|t| {
+                if let Some(t) = t.get_mut(&id) {
+                    t.seed = Some(seed);
+                }
+            }),
+            Event::Progress {
+                id,
+                stage,
+                done,
+                total,
+                ..
+            } => {
+                let mut s = self.status();
+                if let Some(job) = s.job.as_mut().filter(|j| j.take_id == id) {
+                    if job.stage != Some(stage) {
+                        job.stage = Some(stage);
+                        job.stage_started = Instant::now();
+                    }
+                    job.done = done;
+                    job.total = total;
+                }
+                drop(s);
+                self.repaint_throttled();
+            }
+            Event::Done {
+                id,
+                stems,
+                sample_rate,
+                frames,
+                seed,
+            } => {
+                self.params.takes.update(|t| {
+                    if let Some(take) = t.get_mut(&id) {
+                        take.status = TakeStatus::Done;
+                        take.stems = stems;
+                        take.sample_rate = sample_rate;
+                        take.frames = frames;
+                        take.seed = Some(seed);
+                        t.selected = Some(id.clone());
+                    }
+                });
+                self.finish_job(&id);
+                self.message(false, format!("{id} is ready"));
+            }
+            Event::Error {
+                id: Some(id),
+                message,
+            } => {
+                self.params.takes.update(|t| {
+                    if let Some(t) = t.get_mut(&id) {
+                        t.status = TakeStatus::Failed {
+                            message: message.clone(),
+                        };
+                    }
+                });
+                self.finish_job(&id);
+                self.message(true, format!("{id} failed: {message}"));
+            }
+            Event::Error { id: None, message } => {
+                self.last_engine_error = Some(message.clone());
+                self.message(true, format!("engine: {message}"));
+            }
+            Event::Cancelled { id } => {
+                self.params.takes.update(|t| {
+                    if let Some(t) = t.get_mut(&id) {
+                        t.status = TakeStatus::Cancelled;
+                    }
+                });
+                self.finish_job(&id);
+                self.message(false, format!("{id} cancelled"));
+            }
+        }
+    }
+
+    fn finish_job(&mut self, id: &str) {
+        if self.running.as_deref() == Some(id) {
+            self.running = None;
+            self.status().job = None;
+        }
+    }
+
+    // ----- generation -----
+
+    fn generate(&mut self) -> Result<()> {
+        if self.running.is_some() {
+            bail!("a take is already being generated");
+        }
+        if !files::licence_accepted() {
+            bail!("accept the model licence notice first");
+        }
+        let draft = self.params.draft.read().clone();
+        let check = lyrics::check(&draft.lyrics);
+        if let Some(first) = check.errors.first() {
+            bail!(
+                "fix the lyrics first: line {}: {} ({})",
+                first.line,
+                first.message,
+                first.fix
+            );
+        }
+        let (prompt, prompt_label) = match &draft.prompt {
+            PromptSource::None => (None, "none".to_owned()),
+            PromptSource::AutoGenre { genre } => (
+                Some(StylePrompt::Auto {
+                    genre: genre.clone(),
+                }),
+                format!("auto: {genre}"),
+            ),
+            PromptSource::Captured => {
+                let cap = self.params.capture.read().clone();
+                let cap = cap.context("no captured region yet: arm Capture and play the loop")?;
+                if !cap.path.is_file() {
+                    bail!("the captured region {} is missing", cap.path.display());
+                }
+                let label = format!("captured {:.1} s", cap.seconds);
+                (Some(StylePrompt::Audio { path: cap.path }), label)
+            }
+            PromptSource::File { path } => {
+                if !path.is_file() {
+                    bail!("style prompt file {} does not exist", path.display());
+                }
+                let label = path.display().to_string();
+                (Some(StylePrompt::Audio { path: path.clone() }), label)
+            }
+        };
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!("take-{}", created.as_millis());
+        let out_dir = files::take_dir(&id);
+        std::fs::create_dir_all(&out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))?;
+        let descriptions = draft.tags.descriptions();
+        let job = Job {
+            lyrics: draft.lyrics.clone(),
+            descriptions: descriptions.clone(),
+            prompt,
+            gen_type: draft.gen_type,
+            seed: draft.seed,
+            sampling: draft.sampling,
+            out_dir,
+            overwrite: false,
+        };
+        let anchor_seconds = self
+            .params
+            .takes
+            .read()
+            .selected_take()
+            .map_or(0.0, |t| t.anchor_seconds);
+        self.params.takes.update(|t| {
+            t.list.push(Take {
+                id: id.clone(),
+                created: created.as_secs(),
+                lyrics: draft.lyrics.clone(),
+                descriptions,
+                prompt: prompt_label,
+                gen_type: draft.gen_type,
+                seed: draft.seed,
+                sampling: draft.sampling,
+                status: TakeStatus::Running,
+                stems: Default::default(),
+                sample_rate: 0,
+                frames: 0,
+                anchor_seconds,
+            })
+        });
+        if self.engine.is_none() {
+            self.crashes.clear();
+            self.start_engine();
+        }
+        if self.engine.is_none() {
+            let reason = match &self.status().engine {
+                EngineState::Failed { reason } => reason.clone(),
+                _ => "engine not running".into(),
+            };
+            self.running = Some(id);
+            self.fail_running(&reason);
+            return Ok(());
+        }
+        self.running = Some(id.clone());
+        self.status().job = Some(JobProgress {
+            take_id: id.clone(),
+            stage: None,
+            done: 0,
+            total: 0,
+            started: Instant::now(),
+            stage_started: Instant::now(),
+        });
+        self.send(Request::Generate { id, job });
+        self.repaint.request_repaint();
+        Ok(())
+    }
+
+    fn export(&self, take_id: &str, dir: &std::path::Path) -> Result<usize> {
+        let take = self
+            .params
+            .takes
+            .read()
+            .get(take_id)
+            .cloned()
+            .with_context(|| format!("no take {take_id}"))?;
+        if take.stems.is_empty() {
+            bail!("{take_id} has no stems");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (stem, src) in &take.stems {
+            let dst = dir.join(format!("{take_id}-{stem}.wav"));
+            std::fs::copy(src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+        Ok(take.stems.len())
+    }
+
+    // ----- periodic work -----
+
+    fn tick(&mut self) {
+        if let Some(at) = self.restart_at {
+            if Instant::now() >= at {
+                self.start_engine();
+            }
+        }
+        if let Some(p) = self.engine.as_mut() {
+            if p.try_exit().is_some() {
+                self.engine_exited();
+            }
+        }
+        let v = self.params.takes.version();
+        if v != self.takes_version {
+            self.takes_version = v;
+            self.sync_playback();
+            self.repaint.request_repaint();
+        }
+        let v = self.params.capture.version();
+        if v != self.capture_version {
+            self.capture_version = v;
+            self.load_waveform();
+        }
+        self.save_captures();
+        if let Some(link) = self.player.as_mut() {
+            while link.retired.pop().is_ok() {}
+        }
+        if self.shared.capture.phase() != CapturePhase::Idle {
+            self.repaint_throttled();
+        }
+    }
+
+    fn repaint_throttled(&mut self) {
+        if self.last_repaint.elapsed() > Duration::from_millis(50) {
+            self.last_repaint = Instant::now();
+            self.repaint.request_repaint();
+        }
+    }
+
+    /// Makes the player play the selected take (loading its stems when it changed).
+    fn sync_playback(&mut self) {
+        let take = self
+            .params
+            .takes
+            .read()
+            .selected_take()
+            .filter(|t| t.status == TakeStatus::Done)
+            .cloned();
+        if let Some(t) = &take {
+            self.shared.play.set_anchor_seconds(t.anchor_seconds);
+        }
+        if self.player.is_none() || self.sample_rate <= 0.0 {
+            return;
+        }
+        let want = take.as_ref().map(|t| (t.id.clone(), self.sample_rate));
+        if want == self.loaded {
+            return;
+        }
+        let msg = match &take {
+            Some(t) => match load_stems(t, self.sample_rate) {
+                Ok(stems) => PlayerMsg::Load(Box::new(stems)),
+                Err(e) => {
+                    self.message(true, format!("cannot play {}: {e:#}", t.id));
+                    PlayerMsg::Clear
+                }
+            },
+            None => PlayerMsg::Clear,
+        };
+        if let Some(link) = self.player.as_mut() {
+            if link.incoming.push(msg).is_ok() {
+                self.loaded = want;
+            }
+        }
+    }
+
+    fn save_captures(&mut self) {
+        let Some(link) = self.recorder.as_mut() else {
+            return;
+        };
+        let mut finished = Vec::new();
+        while let Ok(buf) = link.done.pop() {
+            finished.push(buf);
+        }
+        for buf in finished {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let path = files::captures_dir().join(format!("capture-{ms}.wav"));
+            let (l, r) = (&buf.left[..buf.len], &buf.right[..buf.len]);
+            let result = files::write_wav(&path, l, r, buf.sample_rate.round() as u32);
+            let seconds = buf.len as f64 / buf.sample_rate as f64;
+            let waveform = files::peaks(l, r, WAVEFORM_BINS);
+            let from_loop = buf.from_loop;
+            // Hand the buffer back for the next capture.
+            if let Some(link) = self.recorder.as_mut() {
+                let _ = link.recycled.push(buf);
+            }
+            match result {
+                Ok(()) => {
+                    self.params.capture.update(|c| {
+                        *c = Some(CapturedPrompt {
+                            path: path.clone(),
+                            seconds,
+                            from_loop,
+                        })
+                    });
+                    self.capture_version = self.params.capture.version();
+                    self.params
+                        .draft
+                        .update(|d| d.prompt = PromptSource::Captured);
+                    self.status().waveform = waveform;
+                    self.message(false, format!("captured {seconds:.2} s"));
+                }
+                Err(e) => self.message(true, format!("saving the capture failed: {e:#}")),
+            }
+        }
+    }
+
+    fn load_waveform(&mut self) {
+        let cap = self.params.capture.read().clone();
+        let rate = self.shared.play.sample_rate() as f32;
+        let waveform = cap
+            .and_then(|c| files::read_wav(&c.path, rate).ok())
+            .map(|s| files::peaks(&s.left, &s.right, WAVEFORM_BINS))
+            .unwrap_or_default();
+        self.status().waveform = waveform;
+        self.repaint.request_repaint();
+    }
+}
+
+/// Decodes a take's stems at the host rate.
+pub fn load_stems(take: &Take, sample_rate: f32) -> Result<Stems> {
+    let read = |name: &str| -> Result<Option<crate::playback::Stereo>> {
+        take.stems
+            .get(name)
+            .map(|p| files::read_wav(p, sample_rate))
+            .transpose()
+    };
+    let stems = Stems {
+        take_id: take.id.clone(),
+        vocals: read("vocal")?,
+        accompaniment: read("bgm")?,
+        mix: read("mixed")?,
+    };
+    if stems.vocals.is_none() && stems.accompaniment.is_none() && stems.mix.is_none() {
+        bail!("{} lists no stem files", take.id);
+    }
+    Ok(stems)
+}
