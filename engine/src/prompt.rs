@@ -25,6 +25,7 @@ use crate::paths::ModelPaths;
 use crate::pipeline::PromptCodes;
 use crate::progress::{report, Progress, ProgressFn, Stage};
 use crate::render::RenderPrompt;
+use crate::resample::Resampler;
 use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
 use crate::vae::encoder::VaeEncoder;
 use crate::vae::VaeConfig;
@@ -239,11 +240,14 @@ impl PromptEncoder {
             max_samples: self.cfg.max_samples(),
         };
         let demucs_rate = self.cfg.demucs.samplerate as u32;
-        let len44 = clip.dim(1)? as u64 * demucs_rate as u64 / sample_rate as u64;
-        let len48 = (clip.dim(1)? as u64 * self.cfg.tokenizer.sample_rate as u64
-            / sample_rate as u64)
-            .min(self.cfg.max_samples() as u64) as usize;
-        let demucs_calls = self.demucs.chunks(len44.max(1) as usize, opts.apply);
+        let target = self.cfg.tokenizer.sample_rate;
+        let len = clip.dim(1)?;
+        let len44 = Resampler::new(sample_rate, demucs_rate, &self.device)?.output_len(len);
+        let len48 = Resampler::new(demucs_rate, target, &self.device)?
+            .output_len(len44)
+            .min(Resampler::new(sample_rate, target, &self.device)?.output_len(len))
+            .min(self.cfg.max_samples());
+        let demucs_calls = self.demucs.chunks(len44, opts.apply);
         let token_passes = self.mixed.segments(len48) + self.separate.segments(len48, len48);
         let total = (demucs_calls + token_passes + 1) as u64;
         let start = Instant::now();
@@ -267,8 +271,7 @@ impl PromptEncoder {
             let mix44 = if sample_rate == demucs_rate {
                 clip.clone()
             } else {
-                crate::resample::Resampler::new(sample_rate, demucs_rate, &self.device)?
-                    .apply(&clip)?
+                Resampler::new(sample_rate, demucs_rate, &self.device)?.apply(&clip)?
             };
             let vocal44 = vocal_stem(&self.demucs, &mix44, &opts, &mut |_, _| tick(progress))
                 .context("separating the prompt's vocals")?;
