@@ -396,3 +396,47 @@ pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> R
     let data: Vec<f32> = chans.iter().flat_map(|c| c.iter().copied()).collect();
     Ok(Tensor::from_vec(data, (2, len), device)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_cut_or_padded_to_the_prompt_length() {
+        let dev = Device::Cpu;
+        let long = Tensor::arange(0i64, 251, &dev)
+            .unwrap()
+            .reshape((1, 1, 251))
+            .unwrap();
+        let t = fit_tokens(&long, 250).unwrap();
+        assert_eq!(t.dims(), &[1, 1, 250]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<i64>().unwrap()[249], 249);
+        let short = Tensor::new(&[[[5i64, 6]]], &dev).unwrap();
+        let t = fit_tokens(&short, 4).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            t.to_vec1::<i64>().unwrap(),
+            [5, 6, PROMPT_PAD_TOKEN, PROMPT_PAD_TOKEN]
+        );
+    }
+
+    #[test]
+    fn clips_become_stereo() {
+        let dev = Device::Cpu;
+        let mono = vec![(0..4800)
+            .map(|i| (i as f32 * 0.01).sin())
+            .collect::<Vec<_>>()];
+        let t = validate_clip(&mono, 48_000, &dev).unwrap();
+        assert_eq!(t.dims(), &[2, 4800]);
+        let rows = t.to_vec2::<f32>().unwrap();
+        assert_eq!(rows[0], rows[1]);
+        let quad: Vec<Vec<f32>> = (0..4).map(|c| vec![c as f32 * 0.1 + 0.05; 4800]).collect();
+        let mut quad = quad;
+        quad[0][7] = 0.5;
+        let rows = validate_clip(&quad, 48_000, &dev)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1][0], 0.15);
+    }
+}
