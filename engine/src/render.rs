@@ -87,7 +87,7 @@ pub struct RenderConfig {
 }
 
 impl RenderConfig {
-    /// The released models, with the VAE config read from `vae_json` when given.
+    /// The released models with the given VAE architecture.
     pub fn songgen_v2(vae: VaeConfig) -> Self {
         Self {
             flow: FlowConfig::songgen_v2(),
@@ -545,7 +545,8 @@ impl Renderer {
     }
 
     /// Renders LM tokens `[1, 3, T]` (streams mixed, vocal, bgm; the mixed stream is not
-    /// decoded) into the stems of `gen_type`. Window noise comes from `seed`. Out-of-range
+    /// decoded) into the stems of `gen_type`, each stem with its prompt from `prompts` (if any).
+    /// Window noise comes from `seed` (the decodes of `separate` draw one after another). Out-of-range
     /// tokens are rejected before any compute. Progress: `Stage::Render` per Euler step
     /// (windows × steps, over all decodes), `Stage::Vae` per VAE chunk; a `Break` from
     /// `progress` stops at the next step or chunk with [`Cancelled`].
@@ -796,4 +797,73 @@ struct Job {
 /// A progress callback that never cancels.
 pub fn no_progress() -> impl FnMut(Progress) -> ControlFlow<()> {
     |_| ControlFlow::Continue(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(t: usize, prompt: bool) -> WindowSchedule {
+        let (pc, pl) = if prompt { (251, 250) } else { (0, 0) };
+        WindowSchedule::plan(&WindowConfig::default(), 48_000, t + pc, pc, pl)
+    }
+
+    #[test]
+    fn schedule_matches_the_reference_table() {
+        // (T, prompt) → (padded L, windows, assembled samples, output samples); codec.md §2.2.
+        for (t, prompt, len, windows, assembled, out) in [
+            (50, false, 1000, 1, 1_920_000, 96_000),
+            (750, false, 1000, 1, 1_920_000, 1_440_000),
+            (1001, false, 1750, 2, 3_360_000, 1_921_920),
+            (6750, false, 7000, 9, 13_440_000, 12_960_000),
+            (6750, true, 7750, 10, 14_400_000, 12_960_000),
+        ] {
+            let s = plan(t, prompt);
+            assert_eq!(
+                (s.padded_len, s.starts.len(), s.assembled_len, s.target_len),
+                (len, windows, assembled, out),
+                "T={t} prompt={prompt}"
+            );
+            assert_eq!(s.incontext[0], if prompt { 250 } else { 0 });
+            assert!(s.incontext[1..].iter().all(|&n| n == 250));
+        }
+        // The float truncation of target_len: one sample short for T = 29.
+        assert_eq!(plan(29, false).target_len, 29 * 1920 - 1);
+    }
+
+    #[test]
+    fn tiling_repeats_the_start() {
+        assert_eq!(tile_codes(&[1, 2, 3], 7), [1, 2, 3, 1, 2, 3, 1]);
+        assert_eq!(tile_codes(&[1, 2, 3], 2), [1, 2]);
+    }
+
+    #[test]
+    fn crossfade_is_linear_over_the_overlap() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::ones((1, 4), DType::F32, &dev)?;
+        let b = Tensor::zeros((1, 5), DType::F32, &dev)?;
+        let y = crossfade_append(&a, &b, 3)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(y, [1., 1., 0.5, 0., 0., 0.]);
+        Ok(())
+    }
+
+    #[test]
+    fn seeded_noise_is_reproducible_and_standard_normal() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Noise::seeded(5).window(1000, 64, &dev)?;
+        let b = Noise::seeded(5).window(1000, 64, &dev)?;
+        let c = Noise::seeded(6).window(1000, 64, &dev)?;
+        let max = |t: Tensor| -> Result<f32> { Ok(t.abs()?.max_all()?.to_scalar::<f32>()?) };
+        assert_eq!(max((&a - &b)?)?, 0.0);
+        assert!(max((&a - &c)?)? > 0.0);
+        let mean = a.mean_all()?.to_scalar::<f32>()?;
+        let var = a.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "mean {mean} var {var}"
+        );
+        Ok(())
+    }
 }

@@ -85,3 +85,27 @@ impl Default for SongGenParams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_become_serve_arguments() {
+        let s = EngineSettings {
+            engine_path: String::new(),
+            model_dir: " /m/v2 ".into(),
+            device: "cuda".into(),
+            extra_args: "--dtype f32".into(),
+        };
+        assert_eq!(
+            s.args(),
+            ["--model", "/m/v2", "--device", "cuda", "--dtype", "f32"]
+        );
+        let auto = EngineSettings {
+            device: "auto".into(),
+            ..EngineSettings::default()
+        };
+        assert!(auto.args().is_empty());
+    }
+}

@@ -249,6 +249,16 @@ fn sampling_is_reproducible_per_seed_and_cancellable() {
         .unwrap_err();
     assert!(err.downcast_ref::<Cancelled>().is_some(), "{err:#}");
     assert_eq!(steps, 3, "stops at the step boundary");
+
+    lm.set_max_gen_len(10_000);
+    let err = lm
+        .generate(&req, &opts, 1, &mut no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10000 frames need 10956 positions, more than max_position_embeddings 10000"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -334,4 +344,67 @@ fn a_bad_config_value_names_the_key() {
         err.contains("config.yaml") && err.contains("lm.num_heads"),
         "{err}"
     );
+}
+
+#[test]
+fn half_precision_models_track_f32() {
+    let folder = Folder::new("half", "songgeneration_v2_tiny").with_weights("model.safetensors");
+    let case = case_tensors("fwd_first_prompt");
+    let logits = |dtype: DType| {
+        let mut lm = LanguageModel::load(&folder.paths(), &Device::Cpu, dtype).unwrap();
+        let texts = songgen_engine::lm::TextConditions {
+            lyrics: Some(
+                "[verse] 夜色温柔.星光洒满窗台 ; [chorus] 我们一起唱.唱到天亮 ; [outro-short]"
+                    .into(),
+            ),
+            style: Some("[Musicality-very-high], male, rock, energetic.".into()),
+        };
+        let prompt: Vec<Vec<u32>> = case["in.prompt_codes"]
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v as u32).collect())
+            .collect();
+        let c = lm.conditioners();
+        let inputs = c.prepare(&texts, &c.prompt.fit(Some(&prompt))).unwrap();
+        let prefix = c.prefix(&inputs, &Device::Cpu).unwrap();
+        let net = lm.network();
+        net.reset(1024);
+        let out = net
+            .forward(&case["in.sequence"], Some(&prefix), false)
+            .unwrap();
+        assert_eq!(out.logits.dtype(), DType::F32);
+        out.logits
+    };
+    let want = &case["out.logits"];
+    let f32_err = (logits(DType::F32) - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(f32_err.to_scalar::<f32>().unwrap() < 2e-5);
+    // Relative bounds ~2.5x the observed 0.075% (f16) and 0.84% (bf16) of the logit range.
+    for (dtype, rel) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
+        let err = (logits(dtype) - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let err = err.to_scalar::<f32>().unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            err < rel * scale,
+            "{dtype:?}: max error {err} vs logit scale {scale}"
+        );
+    }
 }

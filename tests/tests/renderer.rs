@@ -213,3 +213,12 @@ fn separate_renders_three_stems_with_progress_and_cancels() {
     assert!(err.downcast_ref::<Cancelled>().is_some(), "{err:#}");
     assert_eq!(chunks, 1);
 }
+
+#[test]
+fn vae_json_config_matches_the_manifest() {
+    let dir = fixture_dir("decoder");
+    let manifest = Manifest::read(&dir).unwrap();
+    let json = manifest.weight_path(&dir, Some("vae_config")).unwrap();
+    let parsed = songgen_engine::vae::VaeConfig::from_json_file(&json).unwrap();
+    assert_eq!(parsed, render_config(&manifest).unwrap().vae);
+}

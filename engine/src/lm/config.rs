@@ -180,7 +180,9 @@ impl LmConfig {
             self.code_depth
         );
         ensure!(
-            self.num_heads > 0 && self.dim % self.num_heads == 0 && self.head_dim() % 2 == 0,
+            self.num_heads > 0
+                && self.dim.is_multiple_of(self.num_heads)
+                && self.head_dim().is_multiple_of(2),
             "lm.dim {} is not an even multiple of lm.num_heads {}",
             self.dim,
             self.num_heads

@@ -131,7 +131,7 @@ impl Attention {
         };
         let probs =
             candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v.contiguous()?)?;
+        let out = probs.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, s, d))?;
         Ok(self.o_proj.forward(&out)?)
     }

@@ -5,6 +5,12 @@
 //! tensors under `audiolm.`) and the Qwen2 tokenizer of the runtime, and runs the reference's
 //! generation: condition prefix, delay pattern, KV-cached decoding of both transformers, CFG
 //! sampling (see [`sampler`]) and the earliest-EOS cut.
+//!
+//! Sampling options are [`SamplingOptions`]; its defaults are those of the reference's
+//! `generate.py` `generate()` entry point (the one it takes with more than 32 GB of free GPU
+//! memory): CFG 1.5, temperature 0.8, top-k 5000 on the mixed stream, presence penalty 1.1 over
+//! the last 50 steps. Its `generate_lowmem()` path uses temperature 0.9 and top-k 50, and the
+//! Gradio app 1.0/50. The vocal and bgm streams are always greedy (k = 1, ties sampled).
 
 pub mod conditioners;
 pub mod config;
@@ -100,7 +106,10 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Loads the model folder and the runtime's Qwen2 tokenizer.
     pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg = LmConfig::from_yaml_file(&paths.config_yaml(), &[paths.runtime_dir.clone()])?;
+        let cfg = LmConfig::from_yaml_file(
+            &paths.config_yaml(),
+            std::slice::from_ref(&paths.runtime_dir),
+        )?;
         Self::from_parts(
             cfg,
             &paths.tokenizer_dir(),
@@ -226,8 +235,16 @@ impl LanguageModel {
             cfg.eos_id(),
         );
         let total = state.total_steps() as u64;
-        self.model
-            .reset(cfg.prefix_len() + self.pattern.columns(self.max_gen_len));
+        let positions = cfg.prefix_len() + self.pattern.columns(self.max_gen_len);
+        let max_positions = cfg
+            .max_position_embeddings
+            .min(cfg.max_position_embeddings_sub);
+        ensure!(
+            positions <= max_positions,
+            "{} frames need {positions} positions, more than max_position_embeddings {max_positions}",
+            self.max_gen_len
+        );
+        self.model.reset(positions);
         let mut rng = StdRng::seed_from_u64(seed);
         let started = Instant::now();
         while let Some(cols) = state.next_input() {

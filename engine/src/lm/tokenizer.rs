@@ -30,8 +30,13 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 pub fn load_qwen2(dir: &Path) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
-        return Tokenizer::from_file(&json)
-            .map_err(|e| anyhow!("tokenizer {}: {e}", json.display()));
+        let mut tok = Tokenizer::from_file(&json)
+            .map_err(|e| anyhow!("tokenizer {}: {e}", json.display()))?;
+        // Padding and truncation are the conditioners' job (to their own max_len).
+        tok.with_padding(None);
+        tok.with_truncation(None)
+            .map_err(|e| anyhow!("tokenizer {}: {e}", json.display()))?;
+        return Ok(tok);
     }
     let vocab = dir.join("vocab.json");
     let merges = dir.join("merges.txt");
