@@ -420,6 +420,13 @@ mod tests {
     }
 
     #[test]
+    fn the_encoder_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PromptEncoder>();
+        send_sync::<crate::auto_prompt::AutoPromptLibrary>();
+    }
+
+    #[test]
     fn clips_become_stereo() {
         let dev = Device::Cpu;
         let mono = vec![(0..4800)
