@@ -258,7 +258,11 @@ fn check_flow(path: &Path) -> Result<String, String> {
             return Err(format!("missing tensor {name}"));
         }
     }
-    Ok(format!("{blocks} blocks; {}", summary(&w)))
+    let plural = if blocks == 1 { "" } else { "s" };
+    Ok(format!(
+        "{blocks} transformer block{plural}; {}",
+        summary(&w)
+    ))
 }
 
 /// VAE: the Oobleck decoder has 182 tensors (weight norm unfolded) for its five up-sampling stages.
@@ -298,6 +302,8 @@ mod tests {
         check_vae(&fixture).unwrap();
         let flow = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/parity/decoder/flow.safetensors");
-        assert!(check_flow(&flow).unwrap().starts_with("2 blocks"));
+        assert!(check_flow(&flow)
+            .unwrap()
+            .starts_with("2 transformer blocks;"));
     }
 }

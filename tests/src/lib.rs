@@ -50,9 +50,16 @@ pub fn songgen_bin() -> &'static Path {
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building songgen failed");
-        let bin = profile_dir.join(format!("songgen{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
+        let name = format!("songgen{}", std::env::consts::EXE_SUFFIX);
+        let built = profile_dir.join(&name);
+        assert!(built.is_file(), "{} was not built", built.display());
+        // A private copy: a build of another checkout sharing the target folder must not swap
+        // the binary under running tests.
+        let copy = std::env::temp_dir().join(format!("songgen-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&copy).expect("create binary folder");
+        let copy = copy.join(name);
+        std::fs::copy(&built, &copy).expect("copy the songgen binary");
+        copy
     })
 }
 
