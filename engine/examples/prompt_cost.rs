@@ -1,6 +1,7 @@
 //! CPU cost of encoding one 10 s style prompt at the released model widths (random weights):
 //! HTDemucs calls, MusicFM passes (front end + per-layer), the VQ and the VAE encoder, timed
-//! once each, and the total an encode adds up to.
+//! once each, and the total an encode adds up to. Times are CPU time / threads ("alone"), i.e. the
+//! wall time on an otherwise idle machine.
 //!
 //! `cargo run -p songgen-engine --example prompt_cost` (dev profile: dependencies at
 //! opt-level 2, this crate at 0, as the tests run).
@@ -50,12 +51,29 @@ fn vb() -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, Device::Cpu)
 }
 
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`), 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `f` once; prints wall time and CPU time. Returns the CPU time divided by the thread
+/// count: the wall time the stage takes when it has the cores to itself (the dev machine is
+/// shared, so plain wall time overstates it).
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> (T, f64) {
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     let out = f();
-    let s = t.elapsed().as_secs_f64();
-    println!("{what:<44} {s:>8.2} s");
-    (out, s)
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - c;
+    let alone = cpu / candle_core::utils::get_num_threads() as f64;
+    println!("{what:<36} wall {wall:>7.2} s  cpu {cpu:>7.2} s  alone {alone:>7.2} s");
+    (out, alone)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,13 +86,21 @@ fn main() -> anyhow::Result<()> {
     let seg = demucs.training_length();
     let mix = Tensor::randn(0f32, 0.3, (1, 2, seg), &dev)?;
     let (_, demucs_s) = timed("HTDemucs, one 7.8 s segment", || demucs.forward(&mix));
-    let calls = demucs.chunks(441_000, ApplyOptions { shift_offset: 11025, overlap: 0.25 });
+    let calls = demucs.chunks(
+        441_000,
+        ApplyOptions {
+            shift_offset: 11025,
+            overlap: 0.25,
+        },
+    );
 
     // MusicFM on one 40 s segment (the tiled 10 s clip), per stage.
     let mcfg = MusicFmConfig::real();
     let musicfm = MusicFm::load(&mcfg, 7, vb().pp("bestrq.model"))?;
     let wave = Tensor::randn(0f32, 0.3, (1, 960_000), &dev)?;
-    let (mel, mel_s) = timed("MusicFM mel front end, 40 s", || musicfm.mel().forward(&wave));
+    let (mel, mel_s) = timed("MusicFM mel front end, 40 s", || {
+        musicfm.mel().forward(&wave)
+    });
     let mel = mel?;
     let (x, conv_s) = timed("MusicFM conv subsampling", || {
         musicfm.subsampling().forward(&mel)
@@ -105,8 +131,13 @@ fn main() -> anyhow::Result<()> {
     let musicfm_total = 3.0 * front + (6.0 + 7.0 + 3.0) * per_layer;
     let total = calls as f64 * demucs_s + musicfm_total + 3.0 * vq_s + vae_s;
     println!("---");
-    println!("HTDemucs: {calls} calls × {demucs_s:.1} s = {:.1} s", calls as f64 * demucs_s);
-    println!("MusicFM: 3 × {front:.1} s front end + 16 layers × {per_layer:.1} s = {musicfm_total:.1} s");
+    println!(
+        "HTDemucs: {calls} calls × {demucs_s:.1} s = {:.1} s",
+        calls as f64 * demucs_s
+    );
+    println!(
+        "MusicFM: 3 × {front:.1} s front end + 16 layers × {per_layer:.1} s = {musicfm_total:.1} s"
+    );
     println!("VQ: 3 × {vq_s:.2} s; VAE encoder: {vae_s:.1} s");
     println!("one 10 s prompt: {total:.0} s");
     Ok(())

@@ -25,6 +25,7 @@ use crate::paths::ModelPaths;
 use crate::pipeline::PromptCodes;
 use crate::progress::{report, Progress, ProgressFn, Stage};
 use crate::render::RenderPrompt;
+use crate::resample::Resampler;
 use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
 use crate::vae::encoder::VaeEncoder;
 use crate::vae::VaeConfig;
@@ -239,11 +240,14 @@ impl PromptEncoder {
             max_samples: self.cfg.max_samples(),
         };
         let demucs_rate = self.cfg.demucs.samplerate as u32;
-        let len44 = clip.dim(1)? as u64 * demucs_rate as u64 / sample_rate as u64;
-        let len48 = (clip.dim(1)? as u64 * self.cfg.tokenizer.sample_rate as u64
-            / sample_rate as u64)
-            .min(self.cfg.max_samples() as u64) as usize;
-        let demucs_calls = self.demucs.chunks(len44.max(1) as usize, opts.apply);
+        let target = self.cfg.tokenizer.sample_rate;
+        let len = clip.dim(1)?;
+        let len44 = Resampler::new(sample_rate, demucs_rate, &self.device)?.output_len(len);
+        let len48 = Resampler::new(demucs_rate, target, &self.device)?
+            .output_len(len44)
+            .min(Resampler::new(sample_rate, target, &self.device)?.output_len(len))
+            .min(self.cfg.max_samples());
+        let demucs_calls = self.demucs.chunks(len44, opts.apply);
         let token_passes = self.mixed.segments(len48) + self.separate.segments(len48, len48);
         let total = (demucs_calls + token_passes + 1) as u64;
         let start = Instant::now();
@@ -267,8 +271,7 @@ impl PromptEncoder {
             let mix44 = if sample_rate == demucs_rate {
                 clip.clone()
             } else {
-                crate::resample::Resampler::new(sample_rate, demucs_rate, &self.device)?
-                    .apply(&clip)?
+                Resampler::new(sample_rate, demucs_rate, &self.device)?.apply(&clip)?
             };
             let vocal44 = vocal_stem(&self.demucs, &mix44, &opts, &mut |_, _| tick(progress))
                 .context("separating the prompt's vocals")?;
@@ -392,4 +395,55 @@ pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> R
     );
     let data: Vec<f32> = chans.iter().flat_map(|c| c.iter().copied()).collect();
     Ok(Tensor::from_vec(data, (2, len), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_cut_or_padded_to_the_prompt_length() {
+        let dev = Device::Cpu;
+        let long = Tensor::arange(0i64, 251, &dev)
+            .unwrap()
+            .reshape((1, 1, 251))
+            .unwrap();
+        let t = fit_tokens(&long, 250).unwrap();
+        assert_eq!(t.dims(), &[1, 1, 250]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<i64>().unwrap()[249], 249);
+        let short = Tensor::new(&[[[5i64, 6]]], &dev).unwrap();
+        let t = fit_tokens(&short, 4).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            t.to_vec1::<i64>().unwrap(),
+            [5, 6, PROMPT_PAD_TOKEN, PROMPT_PAD_TOKEN]
+        );
+    }
+
+    #[test]
+    fn the_encoder_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PromptEncoder>();
+        send_sync::<crate::auto_prompt::AutoPromptLibrary>();
+    }
+
+    #[test]
+    fn clips_become_stereo() {
+        let dev = Device::Cpu;
+        let mono = vec![(0..4800)
+            .map(|i| (i as f32 * 0.01).sin())
+            .collect::<Vec<_>>()];
+        let t = validate_clip(&mono, 48_000, &dev).unwrap();
+        assert_eq!(t.dims(), &[2, 4800]);
+        let rows = t.to_vec2::<f32>().unwrap();
+        assert_eq!(rows[0], rows[1]);
+        let quad: Vec<Vec<f32>> = (0..4).map(|c| vec![c as f32 * 0.1 + 0.05; 4800]).collect();
+        let mut quad = quad;
+        quad[0][7] = 0.5;
+        let rows = validate_clip(&quad, 48_000, &dev)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1][0], 0.15);
+    }
 }

@@ -156,7 +156,7 @@ impl WindowSchedule {
         if len < w.frames {
             len = w.frames;
         }
-        if (len - w.overlap) % w.hop > 0 {
+        if !(len - w.overlap).is_multiple_of(w.hop) {
             len = (len - w.overlap).div_ceil(w.hop) * w.hop + w.overlap;
         }
         let starts: Vec<usize> = (0..len - w.hop).step_by(w.hop).collect();
@@ -319,14 +319,14 @@ impl Stems {
 /// Where the initial noise of each window comes from.
 pub enum Noise {
     /// `N(0, 1)` from a seeded generator (frames-major, one window after another).
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     /// Given tensors `[W, L, latent]`, window `k` uses row `k` (parity tests).
     Given { windows: Tensor, next: usize },
 }
 
 impl Noise {
     pub fn seeded(seed: u64) -> Self {
-        Noise::Seeded(StdRng::seed_from_u64(seed))
+        Noise::Seeded(Box::new(StdRng::seed_from_u64(seed)))
     }
 
     pub fn given(windows: Tensor) -> Self {

@@ -49,7 +49,7 @@ impl WeightFile {
         }
         let unreadable = |e: &dyn std::fmt::Display| WeightError::Unreadable {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: first_line(e),
         };
         let source = if is_zip(&path).map_err(|e| unreadable(&e))? {
             let pth = PthTensors::new(&path, None).map_err(|e| unreadable(&e))?;
@@ -117,19 +117,23 @@ impl WeightFile {
     /// Reads `name` in its stored dtype.
     pub fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         if !self.contains(name) {
-            candle_core::bail!("{}: missing tensor `{name}`", self.path.display());
+            return Err(load_error(format!(
+                "{}: missing tensor `{name}`",
+                self.path.display()
+            )));
         }
         let read = match &self.source {
             Source::Safetensors(st) => st.load(name, device),
             Source::Pth(pth) => pth
                 .get(name)
-                .and_then(|t| t.ok_or_else(|| candle_core::Error::msg("not present")))
+                .and_then(|t| t.ok_or_else(|| load_error("not present".into())))
                 .and_then(|t| t.to_device(device)),
         };
         read.map_err(|e| {
-            candle_core::Error::msg(format!(
-                "{}: cannot read tensor `{name}` ({e}); the file may be truncated",
-                self.path.display()
+            load_error(format!(
+                "{}: cannot read tensor `{name}` ({}); the file may be truncated",
+                self.path.display(),
+                first_line(&e)
             ))
         })
     }
@@ -150,16 +154,16 @@ impl SimpleBackend for WeightFile {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         match self.shape(name) {
-            None => candle_core::bail!(
+            None => Err(load_error(format!(
                 "{}: missing tensor `{name}` (expected shape {:?})",
                 self.path.display(),
                 shape.dims()
-            ),
-            Some(stored) if stored != shape.dims() => candle_core::bail!(
+            ))),
+            Some(stored) if stored != shape.dims() => Err(load_error(format!(
                 "{}: tensor `{name}` has shape {stored:?}, expected {:?}",
                 self.path.display(),
                 shape.dims()
-            ),
+            ))),
             Some(_) => self.load(name, device)?.to_dtype(dtype),
         }
     }
@@ -176,6 +180,16 @@ impl SimpleBackend for WeightFile {
     fn contains_tensor(&self, name: &str) -> bool {
         self.contains(name)
     }
+}
+
+/// A loading error as one line. candle's own constructors attach a backtrace when
+/// `RUST_BACKTRACE` is set, which would turn "missing tensor X" into a page of frames.
+fn load_error(message: String) -> candle_core::Error {
+    candle_core::Error::Msg(message)
+}
+
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 fn is_zip(path: &Path) -> std::io::Result<bool> {

@@ -193,8 +193,7 @@ impl Recorder {
             self.publish(control);
             return;
         }
-        let frames = input[0].len().min(input[1].len());
-        for i in 0..frames {
+        for (i, (&left, &right)) in input[0].iter().zip(input[1]).enumerate() {
             let Some(p) = timeline.position_at(i) else {
                 break;
             };
@@ -236,8 +235,8 @@ impl Recorder {
             };
             let at = p - *origin;
             if at >= 0 && (at as usize) < *target {
-                buf.left[at as usize] = input[0][i];
-                buf.right[at as usize] = input[1][i];
+                buf.left[at as usize] = left;
+                buf.right[at as usize] = right;
                 *written += 1;
             }
             *next = match loop_range {

@@ -73,16 +73,8 @@ fn check_block(block: &Block, positions: &[i64]) {
     }
 }
 
-#[test]
-fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
-    let _guard = serial();
-    let dir = temp_dir("playback");
-    plugin_host::isolate(&dir);
-    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
-    write_stem(&vocal_path, vocal);
-    write_stem(&bgm_path, bgm);
-
-    let mut plugin = TestPlugin::new();
+/// Restores a project whose selected take has the given stems.
+fn load_take(plugin: &mut TestPlugin, vocal_path: &Path, bgm_path: &Path) {
     let mut state = plugin.save_state();
     let takes = json!({
         "list": [{
@@ -98,6 +90,19 @@ fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
     });
     state["fields"]["takes"] = json!(takes.to_string());
     plugin.load_state(&state);
+}
+
+#[test]
+fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
+    let _guard = serial();
+    let dir = temp_dir("playback");
+    plugin_host::isolate(&dir);
+    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
+    write_stem(&vocal_path, vocal);
+    write_stem(&bgm_path, bgm);
+
+    let mut plugin = TestPlugin::new();
+    load_take(&mut plugin, &vocal_path, &bgm_path);
     plugin.activate();
 
     // Stems load on the worker thread; keep processing until they arrive.
@@ -186,6 +191,35 @@ fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
     );
     for i in 0..64 {
         assert_eq!(block.main[0][i], expected(vocal, p + i as i64).0);
+    }
+    drop(plugin);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_offline_bounce_has_the_take_from_its_first_block() {
+    let _guard = serial();
+    let dir = temp_dir("offline");
+    plugin_host::isolate(&dir);
+    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
+    write_stem(&vocal_path, vocal);
+    write_stem(&bgm_path, bgm);
+
+    let mut plugin = TestPlugin::new();
+    load_take(&mut plugin, &vocal_path, &bgm_path);
+    // A bounce: activation waits for the stems, so no block of the render misses them.
+    plugin.set_offline();
+    plugin.activate();
+    let anchor = (ANCHOR_SECONDS * SAMPLE_RATE) as i64;
+    let mut pos = anchor - 100;
+    for _ in 0..8 {
+        let b = run(
+            &mut plugin,
+            Transport::playing_at(pos as f64 / SAMPLE_RATE),
+            512,
+        );
+        check_block(&b, &(pos..pos + 512).collect::<Vec<_>>());
+        pos += 512;
     }
     drop(plugin);
     let _ = std::fs::remove_dir_all(&dir);

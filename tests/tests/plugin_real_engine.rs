@@ -60,3 +60,69 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
     drop(worker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "needs the LM and renderer ports behind songgen_engine::models::load"]
+fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
+    let songgen = songgen_tests::songgen_bin();
+    let dir = songgen_tests::temp_dir("plugin-real-generate");
+    let model = songgen_tests::tiny_model::write(&dir.join("models"), 5)
+        .unwrap()
+        .model_dir;
+    std::env::set_var("SONGGEN_HOME", dir.join("home"));
+    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_ENGINE", songgen);
+    songgen_engine::license::record_acceptance().unwrap();
+
+    let params = Arc::new(SongGenParams::default());
+    params.engine.update(|e| {
+        e.model_dir = model.display().to_string();
+        e.device = "cpu".into();
+    });
+    params.draft.update(|d| {
+        d.lyrics = "[verse]\nhello there\n\n[chorus]\nla la la\n".into();
+        d.seed = Some(3);
+    });
+    let status = Arc::new(Mutex::new(UiStatus::default()));
+    let worker = WorkerHandle::spawn(
+        params.clone(),
+        Arc::new(Shared::default()),
+        status.clone(),
+        RepaintNotifier::new(),
+    );
+    let (_recorder, recorder_link) = Recorder::new(48_000.0);
+    let (_player, player_link) = Player::new();
+    worker
+        .tx
+        .send(Command::Activated {
+            sample_rate: 48_000.0,
+            recorder: recorder_link,
+            player: player_link,
+            loaded: None,
+        })
+        .unwrap();
+    worker.tx.send(Command::Generate).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let takes = params.takes.read().clone();
+        if let Some(t) = takes.list.first() {
+            match &t.status {
+                songgen_plugin::session::TakeStatus::Done => {
+                    assert_eq!(t.stems.len(), 3, "{t:?}");
+                    assert!(t.frames > 0);
+                    break;
+                }
+                songgen_plugin::session::TakeStatus::Failed { message } => panic!("{message}"),
+                _ => {}
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no take: {:?}",
+            status.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(worker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

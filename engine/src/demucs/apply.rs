@@ -206,3 +206,30 @@ pub fn prompt_pair(
     let bgm = (&full - &vocal)?;
     Ok((vocal, bgm, full))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sixteen_bit_rounding_is_half_even_and_clamped() {
+        let lsb = 1.0 / 32768.0;
+        let x = Tensor::new(&[0.5 * lsb, 1.5 * lsb, -2.5 * lsb, 1.0, -1.5], &Device::Cpu).unwrap();
+        let q = quantize_16bit(&x).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(q, [0.0, 2.0 * lsb, -2.0 * lsb, 32767.0 * lsb, -1.0]);
+    }
+
+    #[test]
+    fn overlap_weights_and_shift_are_like_the_reference() {
+        let w = transition_weight(7);
+        // [1, 2, 3, 4, 3, 2, 1] / 4
+        assert_eq!(w, [0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25]);
+        let w = transition_weight(6);
+        assert_eq!(w, [1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0, 2.0 / 3.0, 1.0 / 3.0]);
+        assert_eq!(shift_offset(42, 22050), shift_offset(42, 22050));
+        let offsets: Vec<usize> = (0..50).map(|s| shift_offset(s, 22050)).collect();
+        assert!(offsets.iter().all(|&o| o <= 22050));
+        assert!(offsets.windows(2).any(|w| w[0] != w[1]));
+    }
+}

@@ -60,6 +60,7 @@ pub struct Conv1d {
 
 impl Conv1d {
     /// Loads `weight` `[cout, cin, k]` or `[cout, cin, k, 1]` (a `[K, 1]` Conv2d) and `bias`.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         cin: usize,
         cout: usize,

@@ -304,7 +304,7 @@ impl FlowEstimator {
     /// Loads the estimator; when `latent_dim` is given, also prepares the sliced velocity head.
     pub fn load(vb: VarBuilder, cfg: &EstimatorConfig, latent_dim: Option<usize>) -> Result<Self> {
         let d = cfg.n_embd;
-        if cfg.n_head == 0 || d % cfg.n_head != 0 || cfg.head_dim() % 2 != 0 {
+        if cfg.n_head == 0 || !d.is_multiple_of(cfg.n_head) || !cfg.head_dim().is_multiple_of(2) {
             candle_core::bail!(
                 "estimator config: n_embd {d} must split into n_head {} heads of even width",
                 cfg.n_head

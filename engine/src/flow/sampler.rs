@@ -129,10 +129,10 @@ mod tests {
     fn t_span_matches_torch_linspace_f32() {
         let t = t_span(10);
         assert_eq!(t.len(), 11);
-        assert_eq!(t[3], 0.3f32);
-        // The reference's t_span of the fixtures: [0, 0.1, ..., 0.30000001192092896, ...].
-        assert_eq!(t[3], 0.300_000_011_920_928_96_f32);
-        assert_eq!(t[9], 0.899_999_976_158_142_1_f32);
+        // The reference's t_span of the fixtures: [0, 0.1, ..., 0.30000001192092896, ...,
+        // 0.8999999761581421, 1]; the nearest f32 to 0.3 and 0.9 respectively.
+        assert_eq!(t[3] as f64, 0.300_000_011_920_928_96);
+        assert_eq!(t[9] as f64, 0.899_999_976_158_142_1);
         assert_eq!(t[10], 1.0);
         assert_eq!(t_span(2), [0.0, 0.5, 1.0]);
     }

@@ -175,10 +175,6 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// Ids of `<|im_start|>` + `text` (the token alone for `None`), before padding.
     pub fn raw_ids(&self, text: Option<&str>) -> Result<Vec<u32>> {
         let text = format!("{IM_START}{}", text.unwrap_or(""));

@@ -8,7 +8,7 @@ pub mod conformer;
 pub mod mel;
 pub mod subsampling;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -164,13 +164,13 @@ impl MusicFm {
             }
             states[i + 1] = Some(x.clone());
         }
-        Ok(which
+        which
             .iter()
             .map(|&k| {
                 states[k]
                     .clone()
-                    .expect("every state up to the deepest is computed")
+                    .with_context(|| format!("MusicFM hidden state {k} was not computed"))
             })
-            .collect())
+            .collect()
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use clack_extensions::audio_ports::{AudioPortInfoBuffer, PluginAudioPorts};
 use clack_extensions::params::{ParamInfoBuffer, PluginParams};
+use clack_extensions::render::{PluginRender, RenderMode};
 use clack_extensions::state::PluginState;
 use clack_host::events::event_types::{ParamValueEvent, TransportEvent, TransportFlags};
 use clack_host::events::{EventFlags, Pckn};
@@ -248,6 +249,14 @@ impl TestPlugin {
         let h = self.instance.plugin_handle();
         let ext = h.get_extension::<PluginState>().expect("state");
         ext.load(&h, &mut raw.as_slice()).expect("loading state");
+    }
+
+    /// Switches to offline rendering (a bounce), before activation.
+    pub fn set_offline(&mut self) {
+        let h = self.instance.plugin_handle();
+        let ext = h.get_extension::<PluginRender>().expect("render extension");
+        ext.set(&h, RenderMode::Offline)
+            .expect("offline render mode");
     }
 
     pub fn activate(&mut self) {
