@@ -62,7 +62,6 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
 }
 
 #[test]
-#[ignore = "needs the LM and renderer ports behind songgen_engine::models::load"]
 fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
     let songgen = songgen_tests::songgen_bin();
     let dir = songgen_tests::temp_dir("plugin-real-generate");
