@@ -563,27 +563,14 @@ fn vae_config_json() -> String {
     )
 }
 
-/// Genres of the auto-prompt file (the reference's list without `Auto`, which picks among all).
-pub const AUTO_PROMPT_FILE_GENRES: [&str; 13] = [
-    "Pop",
-    "Latin",
-    "Rock",
-    "Electronic",
-    "Metal",
-    "Country",
-    "R&B/Soul",
-    "Ballad",
-    "Jazz",
-    "World",
-    "Hip-Hop",
-    "Funk",
-    "Soundtrack",
-];
-
 /// `{genre: {'zh': [t, t], 'en': [t, t]}}` with `t` an int64 [1, 3, 250] of codes.
 fn auto_prompt(rng: &mut Rng) -> Value {
     let mut genres = Vec::new();
-    for g in AUTO_PROMPT_FILE_GENRES {
+    // The file holds every genre but `Auto`, which picks among all of them.
+    for g in songgen_engine::pipeline::AUTO_PROMPT_GENRES
+        .iter()
+        .filter(|g| **g != "Auto")
+    {
         let mut langs = Vec::new();
         for lang in ["zh", "en"] {
             let entries = (0..2)
