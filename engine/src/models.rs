@@ -14,9 +14,7 @@ use crate::pipeline::{LmInput, PromptCodes, SongModel, StemKind};
 use crate::progress::ProgressFn;
 use crate::prompt::{EncodedPrompt, PromptEncoder};
 use crate::protocol::{GenType, SamplingOptions};
-use crate::render::{PromptSet, RenderConfig, RenderPrompt, Renderer, Stem};
-use crate::vae::VaeConfig;
-use crate::weights::WeightFile;
+use crate::render::{PromptSet, RenderPrompt, Renderer, Stem};
 
 /// Everything a job needs, on one device.
 pub struct Models {
@@ -42,7 +40,8 @@ pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn
             paths.model_dir.display()
         )
     })?;
-    let renderer = load_renderer(paths, device, dtype)?;
+    let renderer = Renderer::load(paths, device, dtype)
+        .with_context(|| format!("loading the renderer from {}", paths.runtime_dir.display()))?;
     let name = paths
         .model_dir
         .file_name()
@@ -64,44 +63,6 @@ pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn
         auto_prompts: None,
         last_prompt: None,
     }))
-}
-
-/// The renderer with the flow's widths read from its checkpoint: the released decoder's
-/// configuration (`RenderConfig::songgen_v2`) except for the sizes the weights themselves
-/// state (width, depth, FFN width, position table, token-conditioning width), so smaller test
-/// and distilled decoders with the same architecture load too. The head count is not visible
-/// in the weights and stays the released 20.
-fn load_renderer(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Renderer> {
-    let json = paths.vae_config();
-    let vae_cfg = if json.is_file() {
-        VaeConfig::from_json_file(&json)?
-    } else {
-        VaeConfig::default()
-    };
-    let flow = WeightFile::open(paths.septoken())?;
-    let mut cfg = RenderConfig::songgen_v2(vae_cfg);
-    let e = &mut cfg.flow.estimator;
-    let shape = |name: &str| -> Result<Vec<usize>> {
-        flow.shape(name)
-            .map(<[usize]>::to_vec)
-            .with_context(|| format!("{}: missing tensor `{name}`", flow.path().display()))
-    };
-    let wpe = shape("cfm_wrapper.estimator.wpe.weight")?;
-    if let [positions, width] = wpe[..] {
-        e.n_positions = positions;
-        e.n_embd = width;
-    }
-    e.n_inner = shape("cfm_wrapper.estimator.h.0.mlp.c_fc.weight")?
-        .get(1)
-        .copied()
-        .unwrap_or(e.n_inner);
-    e.n_layer = (0..)
-        .take_while(|i| flow.contains(&format!("cfm_wrapper.estimator.h.{i}.scale_shift_table")))
-        .count();
-    cfg.flow.rvq_input_dim = shape("rvq_bestrq_emb.quantizers.0.out_proj.weight_v")?[0];
-    let vae = WeightFile::open(paths.vae_ckpt())?;
-    Renderer::from_files(flow, vae, cfg, device, dtype)
-        .with_context(|| format!("loading the renderer from {}", paths.runtime_dir.display()))
 }
 
 impl SongModel for Models {

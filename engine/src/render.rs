@@ -97,6 +97,34 @@ impl RenderConfig {
         }
     }
 
+    /// The released configuration with the sizes the flow checkpoint itself states (width,
+    /// depth, FFN width, position table, token-conditioning width), so smaller test and
+    /// distilled decoders of the same architecture load too. The head count is not visible in
+    /// the weights and stays the released 20.
+    pub fn from_checkpoint(flow: &WeightFile, vae: VaeConfig) -> Result<Self> {
+        let mut cfg = Self::songgen_v2(vae);
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            flow.shape(name)
+                .map(<[usize]>::to_vec)
+                .with_context(|| format!("{}: missing tensor `{name}`", flow.path().display()))
+        };
+        let e = &mut cfg.flow.estimator;
+        if let [positions, width] = shape("cfm_wrapper.estimator.wpe.weight")?[..] {
+            e.n_positions = positions;
+            e.n_embd = width;
+        }
+        if let Some(&inner) = shape("cfm_wrapper.estimator.h.0.mlp.c_fc.weight")?.get(1) {
+            e.n_inner = inner;
+        }
+        e.n_layer = (0..)
+            .take_while(|i| {
+                flow.contains(&format!("cfm_wrapper.estimator.h.{i}.scale_shift_table"))
+            })
+            .count();
+        cfg.flow.rvq_input_dim = shape("rvq_bestrq_emb.quantizers.0.out_proj.weight_v")?[0];
+        Ok(cfg)
+    }
+
     fn validate(&self) -> Result<()> {
         let w = &self.window;
         if w.hop == 0 || w.hop + w.overlap != w.frames {
@@ -491,7 +519,8 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// Loads the release: the flow from `ckpt/model_septoken/model_2.safetensors` (estimator in
+    /// Loads the release: the flow from `ckpt/model_septoken/model_2.safetensors` (sizes read from
+    /// the checkpoint, see [`RenderConfig::from_checkpoint`]; estimator in
     /// `dtype`, e.g. F16/BF16 on a GPU, F32 on CPU) and the VAE decoder from
     /// `ckpt/vae/autoencoder_music_1320k.ckpt` (F32), with `ckpt/vae/stable_audio_1920_vae.json`
     /// when present.
@@ -502,10 +531,12 @@ impl Renderer {
         } else {
             VaeConfig::default()
         };
+        let flow = WeightFile::open(paths.septoken())?;
+        let cfg = RenderConfig::from_checkpoint(&flow, vae_cfg)?;
         Self::from_files(
-            WeightFile::open(paths.septoken())?,
+            flow,
             WeightFile::open(paths.vae_ckpt())?,
-            RenderConfig::songgen_v2(vae_cfg),
+            cfg,
             device,
             dtype,
         )
