@@ -10,17 +10,12 @@ use songgen_plugin::params::SongGenParams;
 use songgen_plugin::playback::Player;
 use songgen_plugin::worker::{Command, EngineState, Shared, UiStatus, WorkerHandle};
 
-#[test]
-fn a_missing_model_is_reported_with_the_engines_own_message() {
-    let songgen = songgen_tests::songgen_bin();
-    let dir = std::env::temp_dir().join(format!("songgen-real-engine-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::env::set_var("SONGGEN_HOME", dir.join("home"));
-    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
-    std::env::set_var("SONGGEN_ENGINE", songgen);
-    songgen_engine::license::record_acceptance().unwrap();
+/// Both tests point the plugin at their own `SONGGEN_*` folders through the process
+/// environment, so they must not overlap.
+static ENV: Mutex<()> = Mutex::new(());
 
-    let params = Arc::new(SongGenParams::default());
+/// A plugin worker as after `activate()`, with its status shared for inspection.
+fn activated_worker(params: Arc<SongGenParams>) -> (WorkerHandle, Arc<Mutex<UiStatus>>) {
     let status = Arc::new(Mutex::new(UiStatus::default()));
     let worker = WorkerHandle::spawn(
         params,
@@ -39,6 +34,21 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
             loaded: None,
         })
         .unwrap();
+    (worker, status)
+}
+
+#[test]
+fn a_missing_model_is_reported_with_the_engines_own_message() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let songgen = songgen_tests::songgen_bin();
+    let dir = std::env::temp_dir().join(format!("songgen-real-engine-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("SONGGEN_HOME", dir.join("home"));
+    std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_ENGINE", songgen);
+    songgen_engine::license::record_acceptance().unwrap();
+
+    let (worker, status) = activated_worker(Arc::new(SongGenParams::default()));
     let deadline = Instant::now() + Duration::from_secs(30);
     let reason = loop {
         if let EngineState::Failed { reason } = status.lock().unwrap().engine.clone() {
@@ -63,6 +73,7 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
 
 #[test]
 fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let songgen = songgen_tests::songgen_bin();
     let dir = songgen_tests::temp_dir("plugin-real-generate");
     let model = songgen_tests::tiny_model::write(&dir.join("models"), 5)
@@ -82,24 +93,7 @@ fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
         d.lyrics = "[verse]\nhello there\n\n[chorus]\nla la la\n".into();
         d.seed = Some(3);
     });
-    let status = Arc::new(Mutex::new(UiStatus::default()));
-    let worker = WorkerHandle::spawn(
-        params.clone(),
-        Arc::new(Shared::default()),
-        status.clone(),
-        RepaintNotifier::new(),
-    );
-    let (_recorder, recorder_link) = Recorder::new(48_000.0);
-    let (_player, player_link) = Player::new();
-    worker
-        .tx
-        .send(Command::Activated {
-            sample_rate: 48_000.0,
-            recorder: recorder_link,
-            player: player_link,
-            loaded: None,
-        })
-        .unwrap();
+    let (worker, status) = activated_worker(params.clone());
     worker.tx.send(Command::Generate).unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
