@@ -9,6 +9,7 @@ pub mod convert;
 pub mod demucs;
 pub mod doctor;
 pub mod flow;
+pub mod gpu;
 pub mod license;
 pub mod lm;
 pub mod lyrics;

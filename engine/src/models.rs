@@ -31,8 +31,8 @@ pub struct Models {
     last_prompt: Option<(EncodedPrompt, u64)>,
 }
 
-/// Loads the LM and the renderer of `paths` onto `device`, computing in `dtype` (the VAE stays
-/// in F32, as in the reference).
+/// Loads the LM and the renderer of `paths` onto `device`, the LM computing in `dtype` (the
+/// flow estimator and the VAE stay in F32).
 pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn SongModel>> {
     let lm = LanguageModel::load(paths, device, dtype).with_context(|| {
         format!(
@@ -40,7 +40,9 @@ pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn
             paths.model_dir.display()
         )
     })?;
-    let renderer = Renderer::load(paths, device, dtype)
+    // The flow estimator and the VAE run in f32 whatever the LM's dtype: reduced precision
+    // compounds over the Euler steps (see `gpu`).
+    let renderer = Renderer::load(paths, device, DType::F32)
         .with_context(|| format!("loading the renderer from {}", paths.runtime_dir.display()))?;
     let name = paths
         .model_dir

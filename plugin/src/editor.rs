@@ -186,6 +186,12 @@ fn header(ui: &mut egui::Ui, status: &UiStatus, worker: &Sender<Command>) {
         let (color, text) = match &status.engine {
             EngineState::NotStarted => (Color32::GRAY, "engine: not started".to_owned()),
             EngineState::Starting => (Color32::YELLOW, "engine: loading model...".to_owned()),
+            EngineState::Ready { model, device } if status.fallback.is_some() => (
+                Color32::YELLOW,
+                format!(
+                    "engine ready: {model} on {device} (CPU fallback: the GPU engine cannot run)"
+                ),
+            ),
             EngineState::Ready { model, device } => (
                 Color32::LIGHT_GREEN,
                 format!("engine ready: {model} on {device}"),

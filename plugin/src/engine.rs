@@ -18,6 +18,13 @@ pub const ENGINE_BIN: &str = if cfg!(windows) {
 } else {
     "songgen"
 };
+/// Name of the CPU-only engine that `cargo xtask install --features cuda` puts beside the CUDA
+/// one: the plugin starts it when the CUDA engine cannot start or cannot use its GPU.
+pub const CPU_ENGINE_BIN: &str = if cfg!(windows) {
+    "songgen-cpu.exe"
+} else {
+    "songgen-cpu"
+};
 /// Environment variable naming the engine executable (overrides the search).
 pub const ENGINE_ENV: &str = "SONGGEN_ENGINE";
 
@@ -35,6 +42,8 @@ pub enum EngineMsg {
 /// A running engine process.
 pub struct EngineProcess {
     child: Child,
+    /// The executable that was started.
+    pub exe: PathBuf,
     stdin: ChildStdin,
     pub generation: u64,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -94,6 +103,7 @@ impl EngineProcess {
             })?;
         Ok(Self {
             child,
+            exe: exe.to_path_buf(),
             stdin,
             generation,
             stderr_tail,
@@ -185,6 +195,25 @@ pub fn describe_exit(status: Option<ExitStatus>) -> String {
     }
 }
 
+/// The CPU engine to start instead of `exe` when `exe` cannot run on its device: the
+/// [`CPU_ENGINE_BIN`] in the same folder, unless `exe` is that engine already.
+pub fn cpu_fallback(exe: &Path) -> Option<PathBuf> {
+    let cpu = exe.with_file_name(CPU_ENGINE_BIN);
+    let same = match (exe.canonicalize(), cpu.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => exe == cpu,
+    };
+    (cpu.is_file() && !same).then_some(cpu)
+}
+
+/// Whether an engine that ended before it was ready failed because of its device rather than
+/// its input: the dynamic loader could not start it (126/127, e.g. the NVIDIA driver's
+/// `libcuda.so.1` is missing) or it found no usable GPU ([`songgen_engine::gpu::EXIT_DEVICE`]).
+pub fn is_device_failure(status: Option<ExitStatus>) -> bool {
+    let code = status.and_then(|s| s.code());
+    matches!(code, Some(126 | 127)) || code == Some(i32::from(songgen_engine::gpu::EXIT_DEVICE))
+}
+
 /// Finds the engine: the configured path, `$SONGGEN_ENGINE`, next to the plugin binary, then
 /// on `PATH`. The error lists every place looked at.
 pub fn locate(configured: Option<&Path>) -> Result<PathBuf, String> {
@@ -240,5 +269,39 @@ pub fn plugin_dir() -> Option<PathBuf> {
     #[cfg(not(unix))]
     {
         None
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn device_failures_are_the_loaders_codes_and_the_engines_device_code() {
+        let exit = |code: i32| Some(ExitStatus::from_raw(code << 8));
+        assert!(is_device_failure(exit(127)));
+        assert!(is_device_failure(exit(126)));
+        assert!(is_device_failure(exit(3)));
+        assert!(!is_device_failure(exit(1)));
+        assert!(!is_device_failure(exit(2)));
+        // Killed by a signal (e.g. out of memory) or no status: not a device failure.
+        assert!(!is_device_failure(Some(ExitStatus::from_raw(9))));
+        assert!(!is_device_failure(None));
+    }
+
+    #[test]
+    fn the_cpu_engine_is_the_one_beside_the_engine_and_not_itself() {
+        let dir = std::env::temp_dir().join(format!("songgen-fallback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let gpu = dir.join(ENGINE_BIN);
+        let cpu = dir.join(CPU_ENGINE_BIN);
+        std::fs::write(&gpu, "").unwrap();
+        assert_eq!(cpu_fallback(&gpu), None, "no CPU engine installed");
+        std::fs::write(&cpu, "").unwrap();
+        assert_eq!(cpu_fallback(&gpu), Some(cpu.clone()));
+        assert_eq!(cpu_fallback(&cpu), None, "the CPU engine has no fallback");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

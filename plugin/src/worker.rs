@@ -124,6 +124,8 @@ pub struct UiStatus {
     /// Engine processes started so far.
     pub engine_starts: u64,
     pub job: Option<JobProgress>,
+    /// Why the plugin runs the CPU engine instead of the configured (CUDA) one, if it does.
+    pub fallback: Option<String>,
     /// Last message for the user: (is error, text).
     pub message: Option<(bool, String)>,
     /// Peaks of the captured prompt.
@@ -180,6 +182,10 @@ struct Worker {
     restart_at: Option<Instant>,
     /// The take being generated.
     running: Option<String>,
+    /// Its job, kept to hand it to the CPU engine if the CUDA engine cannot start.
+    running_job: Option<Job>,
+    /// The CPU engine started instead of the configured one (see `engine::cpu_fallback`).
+    cpu_engine: Option<PathBuf>,
 
     sample_rate: f32,
     recorder: Option<RecorderLink>,
@@ -213,6 +219,8 @@ impl Worker {
             crashes: VecDeque::new(),
             restart_at: None,
             running: None,
+            running_job: None,
+            cpu_engine: None,
             sample_rate: 0.0,
             recorder: None,
             player: None,
@@ -300,6 +308,9 @@ impl Worker {
             Command::RestartEngine => {
                 self.engine = None;
                 self.crashes.clear();
+                // Try the configured engine again.
+                self.cpu_engine = None;
+                self.status().fallback = None;
                 self.fail_running("engine restarted by the user");
                 self.start_engine();
             }
@@ -341,11 +352,16 @@ impl Worker {
                 reason: "accept the model licence (shown in the editor) to start the engine".into(),
             });
         }
-        let settings = self.params.engine.read().clone();
-        let configured = PathBuf::from(settings.engine_path.trim());
-        let exe = match engine::locate(Some(&configured)) {
-            Ok(exe) => exe,
-            Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
+        let mut settings = self.params.engine.read().clone();
+        let exe = if let Some(cpu) = &self.cpu_engine {
+            settings.device = "cpu".into();
+            cpu.clone()
+        } else {
+            let configured = PathBuf::from(settings.engine_path.trim());
+            match engine::locate(Some(&configured)) {
+                Ok(exe) => exe,
+                Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
+            }
         };
         let args = settings.args();
         self.generation += 1;
@@ -360,10 +376,47 @@ impl Worker {
                 self.status().engine_starts += 1;
                 self.set_engine_state(EngineState::Starting);
             }
-            Err(e) => self.set_engine_state(EngineState::Failed {
-                reason: format!("{e:#}"),
-            }),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                if !self.fall_back_to_cpu(&exe, &reason) {
+                    self.set_engine_state(EngineState::Failed { reason });
+                }
+            }
         }
+    }
+
+    /// The configured engine `exe` cannot run on its device (`reason`): start the CPU engine
+    /// installed beside it, hand it the running take, and say so. False when there is none (or
+    /// it is the CPU engine that failed).
+    fn fall_back_to_cpu(&mut self, exe: &std::path::Path, reason: &str) -> bool {
+        if self.cpu_engine.is_some() {
+            return false;
+        }
+        let Some(cpu) = engine::cpu_fallback(exe) else {
+            return false;
+        };
+        let note = format!(
+            "{} cannot run ({reason}); using the CPU engine {}",
+            exe.display(),
+            cpu.display()
+        );
+        nice_warn!("songgen: {note}");
+        self.status().fallback = Some(note.clone());
+        self.message(false, note);
+        self.cpu_engine = Some(cpu);
+        self.start_engine();
+        if self.engine.is_none() {
+            let reason = match &self.status().engine {
+                EngineState::Failed { reason } => reason.clone(),
+                _ => "the CPU engine did not start".into(),
+            };
+            self.fail_running(&reason);
+            return true;
+        }
+        if let (Some(id), Some(job)) = (self.running.clone(), self.running_job.clone()) {
+            self.send(Request::Generate { id, job });
+        }
+        true
     }
 
     fn send(&mut self, req: Request) {
@@ -394,15 +447,23 @@ impl Worker {
         let Some(mut p) = self.engine.take() else {
             return;
         };
-        let how = engine::describe_exit(p.wait_exit());
+        let status = p.wait_exit();
+        let how = engine::describe_exit(status);
         let detail = self
             .last_engine_error
             .take()
             .or_else(|| p.last_stderr())
             .map(|d| format!(": {d}"))
             .unwrap_or_default();
+        let exe = p.exe.clone();
         drop(p);
         let reason = format!("engine {how}{detail}");
+        if !self.engine_ready
+            && engine::is_device_failure(status)
+            && self.fall_back_to_cpu(&exe, &reason)
+        {
+            return;
+        }
         self.fail_running(&reason);
         let now = Instant::now();
         self.crashes
@@ -419,6 +480,7 @@ impl Worker {
     }
 
     fn fail_running(&mut self, reason: &str) {
+        self.running_job = None;
         if let Some(id) = self.running.take() {
             self.params.takes.update(|t| {
                 if let Some(t) = t.get_mut(&id) {
@@ -516,6 +578,7 @@ impl Worker {
     fn finish_job(&mut self, id: &str) {
         if self.running.as_deref() == Some(id) {
             self.running = None;
+            self.running_job = None;
             self.status().job = None;
         }
     }
@@ -619,6 +682,7 @@ impl Worker {
             return Ok(());
         }
         self.running = Some(id.clone());
+        self.running_job = Some(job.clone());
         self.status().job = Some(JobProgress {
             take_id: id.clone(),
             stage: None,

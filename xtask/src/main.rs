@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use songgen_engine::parity::{self, Summary};
+use songgen_engine::parity;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  parity [--filter SUBSTR] <DIR>...   run every case of parity fixture directories
+  parity [--filter SUBSTR] [--device cpu|cuda] <DIR>...
+                                      run every case of parity fixture directories
   tiny-model [--seed N] <DIR>         write a tiny random-weight model folder in the released
                                       layout (DIR/songgeneration_v2_tiny + DIR/runtime)";
 
@@ -43,31 +44,9 @@ fn run(args: &[String]) -> Result<ExitCode> {
 }
 
 fn parity_cmd(args: &[String]) -> Result<ExitCode> {
-    let mut filter = None;
-    let mut dirs = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--filter" => filter = it.next().cloned(),
-            _ => dirs.push(PathBuf::from(arg)),
-        }
-    }
-    if dirs.is_empty() {
-        bail!("parity needs at least one fixture directory\n\n{USAGE}");
-    }
-    let mut total = Summary::default();
-    let mut stdout = std::io::stdout();
-    for dir in &dirs {
-        match parity::run_dir(dir, filter.as_deref(), &mut stdout) {
-            Ok(s) => total = total.add(s),
-            Err(e) => {
-                println!("FAIL {} - {e:#}", dir.display());
-                total.failed += 1;
-            }
-        }
-    }
-    println!("{} passed, {} failed", total.passed, total.failed);
-    Ok(if total.failed == 0 {
+    let passed = parity::command(args, &mut std::io::stdout())
+        .map_err(|e| anyhow::anyhow!("{e:#}\n\n{USAGE}"))?;
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

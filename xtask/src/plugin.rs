@@ -15,7 +15,9 @@ pub const USAGE: &str =
     "  bundle <PACKAGE> [--release] [cargo args]   build CLAP/VST3 bundles into target/bundled
   install [--debug] [--features F]             bundle the plugin, build the engine (with
                                                features F, e.g. cuda) and install both into
-                                               ~/.clap and ~/.vst3";
+                                               ~/.clap and ~/.vst3; with features, a CPU
+                                               engine `songgen-cpu` goes beside it (the
+                                               plugin's fallback)";
 
 /// `cargo xtask bundle ...` (also `bundle-universal`, `known-packages`): nice-plug-xtask.
 pub fn bundle(args: &[String]) -> Result<()> {
@@ -42,25 +44,24 @@ pub fn install(args: &[String]) -> Result<()> {
     }
     bundle(&bundle_args)?;
 
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.args(["build", "-p", "songgen-engine", "--bin", "songgen"]);
-    if release {
-        cargo.arg("--release");
-    }
-    for f in &engine_features {
-        cargo.args(["--features", f]);
-    }
-    let status = cargo
-        .status()
-        .context("running cargo build for the engine")?;
-    if !status.success() {
-        bail!("building the songgen engine failed");
-    }
-
     let target = target_dir()?;
-    let engine = target
+    let exe = |name: &str| format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let built = target
         .join(if release { "release" } else { "debug" })
-        .join(format!("songgen{}", std::env::consts::EXE_SUFFIX));
+        .join(exe("songgen"));
+    // With features (e.g. cuda), a CPU engine goes beside the engine: the plugin starts it when
+    // the CUDA engine cannot start (no driver) or finds no usable GPU. Both builds write the
+    // same file, so the CPU one is built first and kept aside.
+    let mut engines = Vec::new();
+    if !engine_features.is_empty() {
+        build_engine(release, &[])?;
+        let cpu = target.join(exe("songgen-cpu"));
+        std::fs::copy(&built, &cpu)
+            .with_context(|| format!("copying {} to {}", built.display(), cpu.display()))?;
+        engines.push(cpu);
+    }
+    build_engine(release, &engine_features)?;
+    engines.push(built);
     let bundled = target.join("bundled");
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
     let (clap_dir, vst3_dir) = if cfg!(target_os = "macos") {
@@ -88,10 +89,12 @@ pub fn install(args: &[String]) -> Result<()> {
         format!("Contents/{}-linux", std::env::consts::ARCH)
     });
     for dir in [clap_engine_dir, vst3_engine_dir] {
-        let dst = dir.join(engine.file_name().unwrap());
-        std::fs::copy(&engine, &dst)
-            .with_context(|| format!("copying {} to {}", engine.display(), dst.display()))?;
-        println!("installed {}", dst.display());
+        for engine in &engines {
+            let dst = dir.join(engine.file_name().unwrap());
+            std::fs::copy(engine, &dst)
+                .with_context(|| format!("copying {} to {}", engine.display(), dst.display()))?;
+            println!("installed {}", dst.display());
+        }
     }
     println!(
         "installed {}\ninstalled {}",
@@ -99,6 +102,32 @@ pub fn install(args: &[String]) -> Result<()> {
         vst3_dst.display()
     );
     println!("models: run `songgen fetch` once to download the weights (see README)");
+    Ok(())
+}
+
+/// `cargo build -p songgen-engine --bin songgen` with `features`.
+fn build_engine(release: bool, features: &[String]) -> Result<()> {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.args(["build", "-p", "songgen-engine", "--bin", "songgen"]);
+    if release {
+        cargo.arg("--release");
+    }
+    for f in features {
+        cargo.args(["--features", f]);
+    }
+    let status = cargo
+        .status()
+        .context("running cargo build for the engine")?;
+    if !status.success() {
+        bail!(
+            "building the songgen engine{} failed",
+            if features.is_empty() {
+                String::new()
+            } else {
+                format!(" with features {}", features.join(","))
+            }
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! `--device` and `--dtype`: where models run, with a CPU fallback.
 
 use candle_core::{DType, Device};
+use songgen_engine::gpu;
+
+use super::Failure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
@@ -20,19 +23,22 @@ pub enum DTypeChoice {
     Bf16,
 }
 
-/// Resolves the choices; `auto` falls back to the CPU with a note on stderr.
-pub fn select(device: DeviceChoice, dtype: DTypeChoice) -> anyhow::Result<(Device, DType)> {
+/// Resolves the choices; `auto` falls back to the CPU with a note on stderr. `--device cuda`
+/// without a usable GPU is a [`Failure::device`] (its own exit code, not "bad input").
+pub fn select(device: DeviceChoice, dtype: DTypeChoice) -> Result<(Device, DType), Failure> {
     let device = match device {
         DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => {
+            return Err(Failure::device(anyhow::anyhow!(
+                "--device cuda: this songgen was built without CUDA support; rebuild it with \
+                 `cargo xtask install --features cuda` (needs the CUDA toolkit), or use --device cpu"
+            )))
+        }
         DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
-            anyhow::anyhow!(
-                "--device cuda: no usable CUDA GPU ({e}); this build {} the `cuda` feature",
-                if cfg!(feature = "cuda") {
-                    "has"
-                } else {
-                    "lacks"
-                }
-            )
+            Failure::device(anyhow::anyhow!(
+                "--device cuda: no usable CUDA GPU ({e}); check `nvidia-smi` and the driver, \
+                 or use --device cpu"
+            ))
         })?,
         DeviceChoice::Auto => match Device::new_cuda(0) {
             Ok(d) => d,
@@ -44,6 +50,9 @@ pub fn select(device: DeviceChoice, dtype: DTypeChoice) -> anyhow::Result<(Devic
             }
         },
     };
+    if device.is_cuda() {
+        gpu::configure_numerics();
+    }
     let dtype = match dtype {
         DTypeChoice::Auto if device.is_cpu() => DType::F32,
         DTypeChoice::Auto => DType::BF16,

@@ -23,7 +23,11 @@ pub fn run(args: Args) -> CliResult {
         candle_core::utils::get_num_threads()
     );
     match Device::new_cuda(0) {
-        Ok(_) => println!("  ok       cuda:0"),
+        Ok(d) => match songgen_engine::gpu::info(&d) {
+            Some(Ok(info)) => println!("  ok       cuda:0 {info}"),
+            Some(Err(e)) => println!("  PROBLEM  cuda:0: cannot read its memory: {e}"),
+            None => println!("  ok       cuda:0"),
+        },
         Err(e) if cfg!(feature = "cuda") => println!("  PROBLEM  cuda:0: {e}"),
         Err(_) => {
             println!("  -        cuda: this build has no CUDA support (build with --features cuda)")

@@ -142,7 +142,7 @@ pub fn run(args: Args) -> CliResult {
     let model_dir = args.model.model_dir();
     let paths =
         ModelPaths::resolve(&model_dir, args.model.runtime.as_deref()).map_err(Failure::input)?;
-    let (dev, dtype) = device::select(args.device, args.dtype).map_err(Failure::input)?;
+    let (dev, dtype) = device::select(args.device, args.dtype)?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrlc(cancel.clone());

@@ -1,8 +1,10 @@
 //! The `songgen` command line: argument parsing and the subcommands.
 //!
 //! Exit codes: 0 success, 1 a model or I/O failure during a run, 2 bad input or usage (nothing
-//! was generated), 130 cancelled with Ctrl-C.
+//! was generated), 3 the requested device cannot be used (`--device cuda` without a usable GPU
+//! or in a build without CUDA), 130 cancelled with Ctrl-C.
 
+mod check;
 mod convert;
 mod device;
 mod doctor;
@@ -39,6 +41,9 @@ pub enum Command {
     Doctor(doctor::Args),
     /// List the known style tags and auto-prompt genres.
     Tags,
+    /// Developer checks that run without cargo: parity fixtures on a device, random-weight
+    /// timings of the hot paths (scripts/gpu-check.sh).
+    Check(check::Args),
 }
 
 /// Options that pick a model folder, shared by generate, serve and doctor.
@@ -77,6 +82,13 @@ impl Failure {
             error: error.into(),
         }
     }
+    /// The requested device cannot be used (no GPU, no driver, a build without CUDA).
+    pub fn device(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: songgen_engine::gpu::EXIT_DEVICE,
+            error: error.into(),
+        }
+    }
     /// A failure while running.
     pub fn run(error: impl Into<anyhow::Error>) -> Self {
         Self {
@@ -102,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Check(a) => check::run(a),
         Command::Tags => {
             print_tags();
             Ok(())

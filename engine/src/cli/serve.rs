@@ -43,7 +43,7 @@ pub fn run(args: Args) -> CliResult {
     license::ensure_accepted(args.accept_license)?;
     let paths = ModelPaths::resolve(args.model.model_dir(), args.model.runtime.as_deref())
         .map_err(Failure::input)?;
-    let (dev, dtype) = device::select(args.device, args.dtype).map_err(Failure::input)?;
+    let (dev, dtype) = device::select(args.device, args.dtype)?;
     let listener = match &args.transport.listen {
         Some(addr) => Some(
             TcpListener::bind(addr)

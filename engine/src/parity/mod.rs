@@ -141,21 +141,85 @@ impl Manifest {
     }
 }
 
-fn load_suite(dir: &Path, manifest: &Manifest) -> Result<Box<dyn Suite>> {
-    let device = Device::Cpu;
+fn load_suite(dir: &Path, manifest: &Manifest, device: &Device) -> Result<Box<dyn Suite>> {
     Ok(match manifest.kind.as_str() {
-        "lelm" => Box::new(lelm::LelmSuite::load(dir, manifest, &device)?),
-        "decoder" => Box::new(decoder::DecoderSuite::load(dir, manifest, &device)?),
-        "prompt" => Box::new(prompt::PromptSuite::load(dir, manifest, &device)?),
+        "lelm" => Box::new(lelm::LelmSuite::load(dir, manifest, device)?),
+        "decoder" => Box::new(decoder::DecoderSuite::load(dir, manifest, device)?),
+        "prompt" => Box::new(prompt::PromptSuite::load(dir, manifest, device)?),
         other => bail!("{}: unknown fixture kind {other:?}", dir.display()),
     })
 }
 
-/// Runs every case of `dir`, printing one line per case to `out`.
+/// `parity [--filter SUBSTR] [--device cpu|cuda] <DIR>...`, as run by `cargo xtask parity` and
+/// `songgen-check parity`: every case of each directory, one line per case and a closing
+/// `N passed, M failed` line on `out`. Returns whether every case passed; an error for bad
+/// arguments or an unusable device.
+pub fn command(args: &[String], out: &mut dyn Write) -> Result<bool> {
+    let mut filter = None;
+    let mut device = Device::Cpu;
+    let mut dirs = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--filter" => filter = Some(it.next().context("--filter needs a value")?.clone()),
+            "--device" => {
+                device = match it.next().map(String::as_str) {
+                    Some("cpu") => Device::Cpu,
+                    Some("cuda") => {
+                        let d = Device::new_cuda(0).context("--device cuda")?;
+                        crate::gpu::configure_numerics();
+                        d
+                    }
+                    other => bail!("--device takes cpu or cuda, not {other:?}"),
+                }
+            }
+            _ if arg.starts_with("--") => bail!("unknown option {arg:?}"),
+            _ => dirs.push(PathBuf::from(arg)),
+        }
+    }
+    if dirs.is_empty() {
+        bail!("parity needs at least one fixture directory");
+    }
+    Ok(run_dirs(&dirs, filter.as_deref(), &device, out)?.failed == 0)
+}
+
+/// Runs every directory with [`run_dir_on`]; a directory that cannot be loaded counts as one
+/// failure. Ends with the `N passed, M failed` line.
+pub fn run_dirs(
+    dirs: &[PathBuf],
+    filter: Option<&str>,
+    device: &Device,
+    out: &mut dyn Write,
+) -> std::io::Result<Summary> {
+    let mut total = Summary::default();
+    for dir in dirs {
+        match run_dir_on(dir, filter, device, out) {
+            Ok(s) => total = total.add(s),
+            Err(e) => {
+                writeln!(out, "FAIL {} - {e:#}", dir.display())?;
+                total.failed += 1;
+            }
+        }
+    }
+    writeln!(out, "{} passed, {} failed", total.passed, total.failed)?;
+    Ok(total)
+}
+
+/// Runs every case of `dir` on the CPU, printing one line per case to `out`.
 /// `filter` keeps only the cases whose name contains it.
 pub fn run_dir(dir: &Path, filter: Option<&str>, out: &mut dyn Write) -> Result<Summary> {
+    run_dir_on(dir, filter, &Device::Cpu, out)
+}
+
+/// [`run_dir`] with the models and the case inputs on `device` (f32, as the fixtures were made).
+pub fn run_dir_on(
+    dir: &Path,
+    filter: Option<&str>,
+    device: &Device,
+    out: &mut dyn Write,
+) -> Result<Summary> {
     let manifest = Manifest::read(dir)?;
-    let mut suite = load_suite(dir, &manifest)
+    let mut suite = load_suite(dir, &manifest, device)
         .with_context(|| format!("loading the {} suite of {}", manifest.kind, dir.display()))?;
     let mut summary = Summary::default();
     for case in manifest
@@ -163,7 +227,7 @@ pub fn run_dir(dir: &Path, filter: Option<&str>, out: &mut dyn Write) -> Result<
         .iter()
         .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
     {
-        let verdict = run_case(dir, suite.as_mut(), case);
+        let verdict = run_case(dir, suite.as_mut(), case, device);
         match &verdict {
             Verdict::Pass { max_err } => {
                 summary.passed += 1;
@@ -179,17 +243,21 @@ pub fn run_dir(dir: &Path, filter: Option<&str>, out: &mut dyn Write) -> Result<
     Ok(summary)
 }
 
-fn run_case(dir: &Path, suite: &mut dyn Suite, case: &Case) -> Verdict {
+fn run_case(dir: &Path, suite: &mut dyn Suite, case: &Case, device: &Device) -> Verdict {
     let path = dir.join(&case.file);
     let tensors = match candle_core::safetensors::load(&path, &Device::Cpu) {
         Ok(t) => t,
         Err(e) => return Verdict::error(format!("cannot read {}: {e}", path.display())),
     };
-    let inputs: Tensors = tensors
+    let inputs: Result<Tensors, _> = tensors
         .iter()
         .filter(|(k, _)| k.starts_with("in."))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| v.to_device(device).map(|v| (k.clone(), v)))
         .collect();
+    let inputs = match inputs {
+        Ok(i) => i,
+        Err(e) => return Verdict::error(format!("cannot move the inputs to the device: {e}")),
+    };
     match suite.run(case, &inputs) {
         Ok(got) => compare_case(case, &tensors, &got),
         Err(e) => Verdict::error(format!("{e:#}")),
