@@ -6,12 +6,13 @@
 #       Here: builds a release CUDA `songgen` (scripts/build-cuda-engine.sh), writes the tiny
 #       model, makes a subset of the parity fixtures (whole weights, the cases chosen smallest
 #       first: each unit's smallest case, then more while the directory's cases stay under N MiB),
-#       and packs it all, compressed, with this script into DIR [default: .gpu-check, ignored
-#       by git]. Prints what would travel (the tree's tracked files without the parity
-#       fixtures, plus the bundle) against the device tool's 64 MiB.
+#       and packs it all, compressed, with this script into DIR [default: .gpu-check in the
+#       checkout's root, ignored by git]. Prints what would travel (the tree's tracked files
+#       without the parity fixtures, plus the bundle) against the device tool's 64 MiB.
 #   scripts/gpu-check.sh remote [--bundle DIR] [--out DIR]
-#       There: unpacks the bundle and runs, each step timed and logged into DIR [default: $OUT,
-#       else BUNDLE/results]: nvidia-smi, `songgen doctor` (GPU name, free memory), the three
+#       There: unpacks the bundle [default: this script's folder] and runs, each step timed and
+#       logged into DIR [default: $OUT, else BUNDLE/results; 8 files]: nvidia-smi and ldd
+#       (machine.txt), `songgen doctor` (GPU name, free memory), the three
 #       parity directories on --device cuda (f32: the fixtures carry no bf16/f16 tolerances),
 #       a tiny-model `generate` on the GPU, and `songgen check timings` at the released widths
 #       with random weights (LM prefill + decode step in bf16 and f32, one flow step, one VAE
@@ -21,8 +22,9 @@
 #       budget (tests/tests/gpu_check_dry.rs runs it). GPU_CHECK_SONGGEN (an engine binary)
 #       and GPU_CHECK_TINY_MODEL (a folder written by `cargo xtask tiny-model`) skip the builds.
 #
-# On the device tool (scripts/gpu-check.sh and docs/perf.md "GPU check"): the whole working
-# tree travels and the parity fixtures alone are 142 MB, so hide them first with
+# On the device tool (docs/perf.md "GPU check"): it sends the checkout the session was started
+# in (prepare there, so .gpu-check/ is in its root), whole, and the parity fixtures alone are
+# 142 MB of the 64 MiB it carries, so hide them first with
 #   git sparse-checkout set --no-cone '/*' '!/tests/fixtures/parity/'
 # then run `bash .gpu-check/gpu-check.sh remote --bundle .gpu-check` with carry [".gpu-check"]
 # and timeout_s 540, and `git sparse-checkout disable` afterwards.
@@ -34,7 +36,7 @@ mib() { echo "$(( ($1 + 1048575) / 1048576 ))"; }
 
 # ---------------------------------------------------------------- prepare (here)
 prepare() {
-  local dry=0 cuda=13.0 cc=90 bundle=.gpu-check budget=4
+  local dry=0 cuda=13.0 cc=90 bundle= budget=4
   while [ $# -gt 0 ]; do
     case "$1" in
       --dry) dry=1; shift ;;
@@ -48,6 +50,10 @@ prepare() {
   local repo
   repo=$(cd "$here/.." && pwd)
   [ -d "$repo/tests/fixtures/parity" ] || die "prepare runs in a checkout with tests/fixtures/parity"
+  bundle=${bundle:-$repo/.gpu-check}
+  # A dry run packs the same files, only compressed less (xz -6 takes minutes on 2 cores).
+  local xzl=-6
+  [ "$dry" = 1 ] && xzl=-0
   mkdir -p "$bundle"
   bundle=$(cd "$bundle" && pwd)
   local stage
@@ -70,7 +76,7 @@ prepare() {
   [ -x "$engine" ] || die "no engine binary at $engine"
   cp "$engine" "$stage/songgen"
   strip "$stage/songgen" 2>/dev/null || true
-  xz -T0 -6 -c "$stage/songgen" >"$bundle/songgen.xz"
+  xz -T0 "$xzl" -c "$stage/songgen" >"$bundle/songgen.xz"
   rm "$stage/songgen"
 
   # The tiny model.
@@ -118,7 +124,7 @@ for kind in ("lelm", "decoder", "prompt"):
           f"{len(units) - len(missing)} of {len(units)} units"
           + (f"; units left out: {', '.join(missing)}" if missing else ""))
 PY
-  tar -C "$stage" -cf - tiny parity | xz -T0 -6 >"$bundle/data.tar.xz"
+  tar -C "$stage" -cf - tiny parity | xz -T0 "$xzl" >"$bundle/data.tar.xz"
   cp "$here/gpu-check.sh" "$bundle/gpu-check.sh"
   chmod +x "$bundle/gpu-check.sh"
 
@@ -157,6 +163,9 @@ remote() {
   out=$(cd "$out" && pwd)
   local work
   work=$(mktemp -d)
+  # At most 8 files come back from the device tool: machine.txt, summary.txt, doctor.log,
+  # parity.log, generate.log, timings.log, timings.jsonl, gpu-memory.csv.
+  { echo "== bundle"; cat "$bundle/INFO" "$bundle/BUILD-INFO" "$bundle/SUBSET.txt" 2>/dev/null; } >"$out/machine.txt"
   xz -dc "$bundle/songgen.xz" >"$work/songgen"
   chmod +x "$work/songgen"
   xz -dc "$bundle/data.tar.xz" | tar -C "$work" -xf -
@@ -173,13 +182,11 @@ remote() {
       libdirs="$libdirs:$(find "$d" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')"
     done
     export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    ldd "$songgen" >"$out/ldd.txt" 2>&1 || true
-    nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+    { echo "== ldd"; ldd "$songgen"; echo "== nvidia-smi"; nvidia-smi; } >>"$out/machine.txt" 2>&1 || true
     nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu \
       --format=csv,noheader,nounits -lms 200 >"$out/gpu-memory.csv" 2>/dev/null &
     sampler=$!
   fi
-  [ -f "$bundle/BUILD-INFO" ] && cp "$bundle/BUILD-INFO" "$out/"
   : >"$out/summary.txt"
   local failed=0
   # step NAME LOGFILE COMMAND...: runs with a time limit, appends "NAME ok|FAIL(rc) Ns".

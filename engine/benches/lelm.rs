@@ -16,31 +16,17 @@ use rand::SeedableRng;
 use songgen_engine::lm::conditioners::ConditionPrefix;
 use songgen_engine::lm::model::LeLm;
 use songgen_engine::lm::sampler::LogitProcessor;
-use songgen_engine::lm::{LmConfig, LmVersion};
+use songgen_engine::lm::LmConfig;
 use songgen_engine::protocol::SamplingOptions;
 
 fn config() -> LmConfig {
     LmConfig {
-        version: LmVersion::V2,
         dim: 1024,
         intermediate_size: 5504,
         num_heads: 8,
         num_layers: 8,
         num_layers_sub: 4,
-        code_depth: 3,
-        code_size: 16384,
-        max_position_embeddings: 10000,
-        max_position_embeddings_sub: 10000,
-        rope_theta: 500000.0,
-        rope_theta_sub: 500000.0,
-        delays: vec![0, 250, 250],
-        cfg_coef: 1.5,
-        lyrics_max_len: 600,
-        style_max_len: 100,
-        structure_tags: Vec::new(),
-        prompt_frames: 250,
-        frame_rate: 25,
-        max_dur: 270.0,
+        ..LmConfig::v2_large()
     }
 }
 

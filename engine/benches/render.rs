@@ -6,39 +6,15 @@
 
 use std::time::Duration;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use songgen_engine::flow::{EstimatorConfig, FlowEstimator};
 use songgen_engine::vae::{OobleckDecoder, VaeConfig};
-
-/// Every tensor is `N(0, 0.02²)` of the requested shape.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        shape: Shape,
-        _name: &str,
-        _init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        Tensor::randn(0f32, 0.02, shape, dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("{name}: shape unknown")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
+use songgen_engine::weights::RandomWeights;
 
 fn random_vb() -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, Device::Cpu)
+    RandomWeights::var_builder(DType::F32, &Device::Cpu)
 }
 
 fn benches(c: &mut Criterion) {

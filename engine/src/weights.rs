@@ -182,6 +182,38 @@ impl SimpleBackend for WeightFile {
     }
 }
 
+/// Random weights for benchmarks and timings: every tensor a model asks for is `N(0, 0.02²)`
+/// of the requested shape, made on the device (timings do not depend on the values).
+pub struct RandomWeights;
+
+impl RandomWeights {
+    /// A [`VarBuilder`] that makes every tensor at random in `dtype` on `device`.
+    pub fn var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        _name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 0.02, shape, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: shape unknown")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 /// A loading error as one line. candle's own constructors attach a backtrace when
 /// `RUST_BACKTRACE` is set, which would turn "missing tensor X" into a page of frames.
 fn load_error(message: String) -> candle_core::Error {

@@ -15,14 +15,13 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
 use songgen_engine::flow::{EstimatorConfig, FlowEstimator};
 use songgen_engine::lm::conditioners::ConditionPrefix;
 use songgen_engine::lm::model::LeLm;
-use songgen_engine::lm::{LmConfig, LmVersion};
+use songgen_engine::lm::LmConfig;
 use songgen_engine::vae::{OobleckDecoder, VaeConfig};
+use songgen_engine::weights::RandomWeights;
 
 use super::device::{self, DTypeChoice, DeviceChoice};
 use super::{CliResult, Failure};
@@ -117,61 +116,18 @@ struct Options {
     repeat: usize,
 }
 
-/// Every tensor is `N(0, 0.02²)` of the requested shape, made on the device.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        shape: Shape,
-        _name: &str,
-        _init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        Tensor::randn(0f32, 0.02, shape, dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("{name}: shape unknown")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
-
-fn random_vb(dtype: DType, device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
-}
-
-/// The v2-large LM (research/lelm.md §5), or a tiny one with the same vocabulary and prefix.
+/// The v2-large LM, or a tiny one with the same vocabulary and prefix.
 fn lm_config(size: Size) -> LmConfig {
-    let (dim, intermediate_size, num_heads, num_layers, num_layers_sub) = match size {
-        Size::Released => (2048, 11008, 16, 36, 12),
-        Size::Small => (64, 128, 2, 2, 1),
-    };
-    LmConfig {
-        version: LmVersion::V2,
-        dim,
-        intermediate_size,
-        num_heads,
-        num_layers,
-        num_layers_sub,
-        code_depth: 3,
-        code_size: 16384,
-        max_position_embeddings: 10000,
-        max_position_embeddings_sub: 10000,
-        rope_theta: 500000.0,
-        rope_theta_sub: 500000.0,
-        delays: vec![0, 250, 250],
-        cfg_coef: 1.5,
-        lyrics_max_len: 600,
-        style_max_len: 100,
-        structure_tags: Vec::new(),
-        prompt_frames: 250,
-        frame_rate: 25,
-        max_dur: 270.0,
+    match size {
+        Size::Released => LmConfig::v2_large(),
+        Size::Small => LmConfig {
+            dim: 64,
+            intermediate_size: 128,
+            num_heads: 2,
+            num_layers: 2,
+            num_layers_sub: 1,
+            ..LmConfig::v2_large()
+        },
     }
 }
 
@@ -247,8 +203,11 @@ fn timings(o: &Options) -> Result<()> {
     // LM: prefill and one decode step, in the chosen dtype.
     {
         let cfg = lm_config(o.size);
-        let mut model = LeLm::load(&cfg, random_vb(o.dtype, &dev).pp("audiolm"))
-            .context("building the random LM")?;
+        let mut model = LeLm::load(
+            &cfg,
+            RandomWeights::var_builder(o.dtype, &dev).pp("audiolm"),
+        )
+        .context("building the random LM")?;
         let p = cfg.prefix_len();
         let rand = || -> Result<Tensor> {
             Ok(Tensor::randn(0f32, 1.0, (2, p, cfg.dim), &dev)?.to_dtype(o.dtype)?)
@@ -280,7 +239,7 @@ fn timings(o: &Options) -> Result<()> {
     // Flow estimator and VAE: always f32 (see songgen_engine::gpu).
     {
         let cfg = flow_config(o.size);
-        let est = FlowEstimator::load(random_vb(DType::F32, &dev), &cfg, Some(64))
+        let est = FlowEstimator::load(RandomWeights::var_builder(DType::F32, &dev), &cfg, Some(64))
             .context("building the random flow estimator")?;
         let x = Tensor::randn(0f32, 1., (2, cfg.n_positions, cfg.n_embd), &dev)?;
         let t = Tensor::new(&[0.3f32, 0.3], &dev)?;
@@ -296,7 +255,7 @@ fn timings(o: &Options) -> Result<()> {
     }
     {
         let cfg = vae_config(o.size);
-        let vae = OobleckDecoder::load(random_vb(DType::F32, &dev), &cfg)
+        let vae = OobleckDecoder::load(RandomWeights::var_builder(DType::F32, &dev), &cfg)
             .context("building the random VAE decoder")?;
         let z = Tensor::randn(0f32, 1., (1, cfg.latent_dim, 128), &dev)?;
         measure(

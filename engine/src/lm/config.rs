@@ -88,6 +88,34 @@ pub struct LmConfig {
 }
 
 impl LmConfig {
+    /// The released `songgeneration_v2_large` config (research/lelm.md §5): dim 2048, 11008
+    /// intermediate, 16 heads, 36 + 12 layers, the real code vocabulary, prefix and durations,
+    /// without structure tags. For random-weight benchmarks and timings.
+    pub fn v2_large() -> Self {
+        Self {
+            version: LmVersion::V2,
+            dim: 2048,
+            intermediate_size: 11008,
+            num_heads: 16,
+            num_layers: 36,
+            num_layers_sub: 12,
+            code_depth: 3,
+            code_size: 16384,
+            max_position_embeddings: 10000,
+            max_position_embeddings_sub: 10000,
+            rope_theta: 500000.0,
+            rope_theta_sub: 500000.0,
+            delays: vec![0, 250, 250],
+            cfg_coef: 1.5,
+            lyrics_max_len: 600,
+            style_max_len: 100,
+            structure_tags: Vec::new(),
+            prompt_frames: 250,
+            frame_rate: 25,
+            max_dur: 270.0,
+        }
+    }
+
     /// Reads a model folder's `config.yaml`; `${load_yaml:...}` files are looked up next to it,
     /// then in `search`. The version is the config's `version` key when present, else the
     /// reference's folder-name rule.
