@@ -3,13 +3,14 @@
 # toolkit, from NVIDIA's PyPI toolkit wheels (scripts/cuda-toolkit.sh), for one compute
 # capability and toolkit version; strips and compresses it for transport.
 #
-#   scripts/build-cuda-engine.sh [--cuda 13.0|13.4] [--cc 90] [--out DIR]
+#   scripts/build-cuda-engine.sh [--cuda 13.0|13.4] [--cc 90] [--features F] [--out DIR]
 #
 # --cuda: the toolkit the kernels are built with. The driver of the machine that runs the binary
 #   must support it (CUDA 13.0 needs a 580-series driver or newer).
 # --cc: the compute capability the kernels are compiled for (80 = Ampere A100 and, through the
 #   PTX JIT, newer GPUs; 86/89 = consumer Ampere/Ada; 90 = Hopper H100/H200, as sm_90a, which
 #   runs only on Hopper). One capability per build: candle's kernels are compiled to PTX for one.
+# --features: more engine features besides `cuda` (e.g. parity, for `songgen check parity`).
 # --out: where `songgen` and `songgen.xz` go [default: target/cuda-engine-<cuda>-sm<cc>].
 #
 # The binary needs, on the machine that runs it: the NVIDIA driver (libcuda.so.1) and the CUDA
@@ -21,13 +22,15 @@ cd "$(dirname "$0")/.."
 
 cuda=13.0
 cc=90
+features=cuda
 out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) cuda=$2; shift 2 ;;
     --cc) cc=$2; shift 2 ;;
+    --features) features="cuda,$2"; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "build-cuda-engine.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +43,7 @@ eval "$(scripts/cuda-toolkit.sh --link "$cuda" "target/cuda-toolkit/$cuda-link")
 export CUDA_COMPUTE_CAP=$cc
 target="target/cuda-$cuda-sm$cc"
 echo "building songgen with CUDA $cuda for compute capability $cc into $target" >&2
-cargo build --release --locked -p songgen-engine --bin songgen --features cuda --target-dir "$target"
+cargo build --release --locked -p songgen-engine --bin songgen --features "$features" --target-dir "$target"
 
 mkdir -p "$out"
 cp "$target/release/songgen" "$out/songgen"

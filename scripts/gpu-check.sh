@@ -64,11 +64,11 @@ prepare() {
   local engine=${GPU_CHECK_SONGGEN:-}
   if [ -z "$engine" ]; then
     if [ "$dry" = 1 ]; then
-      (cd "$repo" && cargo build --quiet -p songgen-engine --bin songgen)
+      (cd "$repo" && cargo build --quiet -p songgen-engine --bin songgen --features parity)
       engine="$repo/target/debug/songgen"
     else
       local built
-      built=$("$repo/scripts/build-cuda-engine.sh" --cuda "$cuda" --cc "$cc")
+      built=$("$repo/scripts/build-cuda-engine.sh" --cuda "$cuda" --cc "$cc" --features parity)
       engine="$repo/$built/songgen"
       cp "$repo/$built/BUILD-INFO" "$bundle/BUILD-INFO"
     fi

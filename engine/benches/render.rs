@@ -9,9 +9,9 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use songgen_engine::flow::{EstimatorConfig, FlowEstimator};
-use songgen_engine::vae::{OobleckDecoder, VaeConfig};
-use songgen_engine::weights::RandomWeights;
+use songgen_engine::io::weights::RandomWeights;
+use songgen_engine::render::flow::{EstimatorConfig, FlowEstimator};
+use songgen_engine::render::vae::{OobleckDecoder, VaeConfig};
 
 fn random_vb() -> VarBuilder<'static> {
     RandomWeights::var_builder(DType::F32, &Device::Cpu)

@@ -4,7 +4,7 @@
 //! - [`configure_numerics`]: candle's reduced-precision GEMM switches are process-wide. They stay
 //!   off: f32 matrix products (the flow estimator, the VAE, any f32 LM) never use TF32, and
 //!   bf16/f16 products accumulate in f32. The flow estimator and the VAE are always loaded in f32
-//!   ([`crate::models::load`]) because rounding compounds over the Euler steps; the LM runs in the
+//!   ([`crate::service::models::load`]) because rounding compounds over the Euler steps; the LM runs in the
 //!   chosen dtype with its attention softmax and its logits in f32 (`lm::llama`, `lm::model`).
 //! - [`memory`]: the device's free and total memory (the driver's `cuMemGetInfo`), for the memory
 //!   plan and `songgen doctor`.
@@ -12,9 +12,9 @@
 use anyhow::Result;
 use candle_core::Device;
 
-/// Exit code of `songgen` when the requested device cannot be used (`--device cuda` without a
-/// usable GPU, or in a build without CUDA). The plugin starts its CPU engine on it.
-pub const EXIT_DEVICE: u8 = 3;
+/// Exit code of `songgen` when the requested device cannot be used (defined in the protocol
+/// crate, which the plugin shares).
+pub use songgen_protocol::EXIT_DEVICE;
 
 /// Turns candle's reduced-precision GEMM modes off (TF32 for f32, f16/bf16 accumulation).
 /// Called whenever a CUDA device is selected; a no-op in a build without CUDA.

@@ -1,5 +1,5 @@
 //! The engine child process: `songgen serve --stdio`, spoken to in the JSON-lines protocol of
-//! `songgen_engine::protocol`. Running inference in a separate process keeps the model's memory
+//! `songgen_protocol::wire`. Running inference in a separate process keeps the model's memory
 //! (and any crash or out-of-memory kill) out of the host.
 
 use std::collections::VecDeque;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
-use songgen_engine::protocol::{Event, Request};
+use songgen_protocol::{Event, Request};
 
 /// Name of the engine executable.
 pub const ENGINE_BIN: &str = if cfg!(windows) {
@@ -208,10 +208,10 @@ pub fn cpu_fallback(exe: &Path) -> Option<PathBuf> {
 
 /// Whether an engine that ended before it was ready failed because of its device rather than
 /// its input: the dynamic loader could not start it (126/127, e.g. the NVIDIA driver's
-/// `libcuda.so.1` is missing) or it found no usable GPU ([`songgen_engine::gpu::EXIT_DEVICE`]).
+/// `libcuda.so.1` is missing) or it found no usable GPU ([`songgen_protocol::EXIT_DEVICE`]).
 pub fn is_device_failure(status: Option<ExitStatus>) -> bool {
     let code = status.and_then(|s| s.code());
-    matches!(code, Some(126 | 127)) || code == Some(i32::from(songgen_engine::gpu::EXIT_DEVICE))
+    matches!(code, Some(126 | 127)) || code == Some(i32::from(songgen_protocol::EXIT_DEVICE))
 }
 
 /// Finds the engine: the configured path, `$SONGGEN_ENGINE`, next to the plugin binary, then

@@ -46,6 +46,9 @@ pub fn songgen_bin() -> &'static Path {
             "songgen-engine",
             "--bin",
             "songgen",
+            // The features the workspace's tests build the engine with (`songgen check parity`).
+            "--features",
+            "parity",
         ])
         .arg("--target-dir")
         .arg(target_dir)

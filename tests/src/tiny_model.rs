@@ -13,12 +13,17 @@
 //! <dir>/runtime/tools/new_auto_prompt.pt     {genre: {'zh'|'en': [LongTensor [1,3,250]]}}
 //! ```
 //!
-//! Names and shapes follow the state-dict tables of research/lelm.md §2.8 and codec.md §2.9.
+//! Names and shapes follow the state dicts the reference's `LmModel` (`codeclm/models/lm_levo.py`),
+//! `Flow1dVAESeparate` (`codeclm/tokenizer/Flow1dVAE/`) and the stable-audio `OobleckEncoder`/
+//! `OobleckDecoder` save.
 //! The LM has the lelm parity fixture's dims; the flow and the VAE are smaller than the decoder
 //! fixture's (1 block of width 160, VAE base width 1) because every render runs full
 //! 1000-frame windows and these set the end-to-end tests' run time. The prompt-audio encoders (MusicFM,
 //! Demucs) are not included: their tiny configurations cannot be told from weight shapes.
 //! Everything is drawn from one seed, so the same seed writes byte-identical files.
+//!
+//! (Over 500 lines: one writer per released file, kept together so the folder's layout reads in
+//! one place.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -295,7 +300,7 @@ conditioners:
     )
 }
 
-/// lelm.md §2.8, with the `audiolm.` prefix of model.pt.
+/// The reference `LmModel`'s state dict, with the `audiolm.` prefix of model.pt.
 fn lm_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let (d, f) = (LM_DIM, LM_FFN);
     let mut b = Builder {
@@ -378,7 +383,7 @@ fn lm_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
         .collect()
 }
 
-/// codec.md §2.9: the flow decoder's file without the prompt encoder (`bestrq.*`, `hubert.*`).
+/// The flow decoder's file (`model_2.safetensors`) without the prompt encoder (`bestrq.*`, `hubert.*`).
 fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let dm = FLOW_WIDTH;
     let mut b = Builder {
@@ -478,7 +483,7 @@ fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     b.tensors
 }
 
-/// codec.md §2.9 VAE table: Oobleck encoder and decoder with weight norm unfolded.
+/// The VAE checkpoint: Oobleck encoder and decoder with weight norm unfolded.
 fn vae_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let c = VAE_CHANNELS;
     let mults = [1, 1, 2, 4, 8, 16];
@@ -567,7 +572,7 @@ fn vae_config_json() -> String {
 fn auto_prompt(rng: &mut Rng) -> Value {
     let mut genres = Vec::new();
     // The file holds every genre but `Auto`, which picks among all of them.
-    for g in songgen_engine::pipeline::AUTO_PROMPT_GENRES
+    for g in songgen_engine::tags::AUTO_PROMPT_GENRES
         .iter()
         .filter(|g| **g != "Auto")
     {

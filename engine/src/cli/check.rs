@@ -2,7 +2,7 @@
 //! machine: scripts/gpu-check.sh carries the binary there).
 //!
 //! - `songgen check parity [--device cpu|cuda] [--filter SUBSTR] DIR...`: the parity fixtures, as
-//!   `cargo xtask parity` runs them, on a device.
+//!   `cargo xtask parity` runs them, on a device (in a build with the `parity` feature).
 //! - `songgen check timings [--device cpu|cuda] [--dtype f32|bf16|f16] [--size released|small]`:
 //!   the LM, the flow estimator and the VAE decoder built with random weights (at the released
 //!   widths, or tiny ones for a dry run), one JSON line per measurement: LM prefill (condition
@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use songgen_engine::flow::{EstimatorConfig, FlowEstimator};
+use songgen_engine::io::weights::RandomWeights;
 use songgen_engine::lm::conditioners::ConditionPrefix;
 use songgen_engine::lm::model::LeLm;
 use songgen_engine::lm::LmConfig;
-use songgen_engine::vae::{OobleckDecoder, VaeConfig};
-use songgen_engine::weights::RandomWeights;
+use songgen_engine::render::flow::{EstimatorConfig, FlowEstimator};
+use songgen_engine::render::vae::{OobleckDecoder, VaeConfig};
 
 use super::device::{self, DTypeChoice, DeviceChoice};
 use super::{CliResult, Failure};
@@ -65,24 +65,7 @@ pub fn run(args: Args) -> CliResult {
             device: dev,
             filter,
             dirs,
-        } => {
-            let (dev, _) = device::select(dev, DTypeChoice::F32)?;
-            let total = songgen_engine::parity::run_dirs(
-                &dirs,
-                filter.as_deref(),
-                &dev,
-                &mut std::io::stdout(),
-            )
-            .map_err(Failure::run)?;
-            if total.failed == 0 {
-                Ok(())
-            } else {
-                Err(Failure::run(anyhow::anyhow!(
-                    "{} parity case(s) failed",
-                    total.failed
-                )))
-            }
-        }
+        } => parity(dev, filter.as_deref(), &dirs),
         Check::Timings {
             device: dev,
             dtype,
@@ -99,6 +82,28 @@ pub fn run(args: Args) -> CliResult {
             .map_err(Failure::run)
         }
     }
+}
+
+#[cfg(feature = "parity")]
+fn parity(dev: DeviceChoice, filter: Option<&str>, dirs: &[std::path::PathBuf]) -> CliResult {
+    let (dev, _) = device::select(dev, DTypeChoice::F32)?;
+    let total = songgen_engine::parity::run_dirs(dirs, filter, &dev, &mut std::io::stdout())
+        .map_err(Failure::run)?;
+    if total.failed == 0 {
+        Ok(())
+    } else {
+        Err(Failure::run(anyhow::anyhow!(
+            "{} parity case(s) failed",
+            total.failed
+        )))
+    }
+}
+
+#[cfg(not(feature = "parity"))]
+fn parity(_: DeviceChoice, _: Option<&str>, _: &[std::path::PathBuf]) -> CliResult {
+    Err(Failure::input(anyhow::anyhow!(
+        "this songgen was built without the parity runner: build it with `--features parity`"
+    )))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
