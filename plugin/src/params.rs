@@ -17,6 +17,9 @@ pub struct CapturedPrompt {
     pub seconds: f64,
     /// Whether the host's loop range bounded it (else record-on-play).
     pub from_loop: bool,
+    /// Its level, measured when it was saved (absent in projects saved before).
+    #[serde(default)]
+    pub level: Option<crate::capture::CaptureLevel>,
 }
 
 /// How to run the engine (`songgen serve --stdio`).
