@@ -501,10 +501,11 @@ mod tests {
 
     /// A weight source that hands out zero views of whatever shape a loader asks for and
     /// records the names and shapes: the state dict a loader expects at some config.
-    #[derive(Default)]
-    struct Recorder(std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>);
+    type Shapes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>>;
+    #[derive(Default, Clone)]
+    struct Recorder(Shapes);
 
-    impl candle_nn::var_builder::SimpleBackend for std::sync::Arc<Recorder> {
+    impl candle_nn::var_builder::SimpleBackend for Recorder {
         fn get(
             &self,
             shape: candle_core::Shape,
@@ -528,7 +529,7 @@ mod tests {
     }
 
     fn record(load: impl FnOnce(candle_nn::VarBuilder<'static>)) -> impl Fn(&str) -> Option<Vec<usize>> {
-        let rec = std::sync::Arc::new(Recorder::default());
+        let rec = Recorder::default();
         load(candle_nn::VarBuilder::from_backend(
             Box::new(rec.clone()),
             DType::F32,

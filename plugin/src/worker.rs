@@ -192,6 +192,8 @@ struct Worker {
     takes_version: u64,
     capture_version: u64,
     last_repaint: Instant,
+    /// Last seen value of the "Generate" parameter (its rising edge starts a take).
+    generate_param: bool,
 }
 
 impl Worker {
@@ -202,6 +204,7 @@ impl Worker {
         repaint: RepaintNotifier,
     ) -> Self {
         let (engine_tx, engine_rx) = crossbeam_channel::unbounded();
+        let generate_param = params.generate.value();
         Self {
             params,
             shared,
@@ -223,6 +226,7 @@ impl Worker {
             takes_version: u64::MAX,
             capture_version: u64::MAX,
             last_repaint: Instant::now(),
+            generate_param,
         }
     }
 
@@ -676,6 +680,14 @@ impl Worker {
     // ----- periodic work -----
 
     fn tick(&mut self) {
+        // The "Generate" parameter's rising edge (host automation, a controller).
+        let generate = self.params.generate.value();
+        if generate && !self.generate_param {
+            if let Err(e) = self.generate() {
+                self.message(true, format!("{e:#}"));
+            }
+        }
+        self.generate_param = generate;
         if let Some(at) = self.restart_at {
             if Instant::now() >= at {
                 self.start_engine();

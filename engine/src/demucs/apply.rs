@@ -201,8 +201,8 @@ pub fn vocal_stem(
         std > 0.0 && std.is_finite(),
         "the prompt is silent (or constant): nothing to separate"
     );
-    let wav = ((mix44 - mean as f64)? / std as f64)?;
     let keep = opts.separated_len(len, model.config().samplerate as u32, mix44.device())?;
+    let wav = ((mix44 - mean as f64)? / std as f64)?;
     let stems = model.apply_prefix(&wav, opts.apply, keep, on_chunk)?;
     let vocal = stems
         .get(opts.stem_index)

@@ -163,10 +163,13 @@ impl HtDemucsConfig {
         let hidden = need("crosstransformer.layers.0.linear1.weight")?[0];
         cfg.t_hidden_scale = hidden as f64 / cfg.bottom_channels as f64;
         cfg.t_heads = (cfg.bottom_channels / 64).max(1);
-        let out = need("tdecoder.0.conv_tr.weight")?;
+        // The outermost time decoder (the last one, as in the reference's list) outputs
+        // sources × channels.
+        let last = format!("tdecoder.{}.conv_tr.weight", cfg.depth.saturating_sub(1));
+        let out = need(&last)?;
         ensure!(
             out.len() == 3 && out[1] % cfg.audio_channels == 0,
-            "`tdecoder.0.conv_tr.weight` has shape {out:?}, expected [C, sources·{}, K]",
+            "`{last}` has shape {out:?}, expected [C, sources·{}, K]",
             cfg.audio_channels
         );
         let sources = out[1] / cfg.audio_channels;
