@@ -274,7 +274,10 @@ mod tests {
         let cut = dir.join("cut.wav");
         fs::write(&cut, &bytes[..bytes.len() - 4 * 2 * 300 - 3]).unwrap();
         let err = read_wav(&cut).unwrap_err().to_string();
-        assert!(err.contains("cut.wav") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.wav") && err.contains("truncated"),
+            "{err}"
+        );
         let clip = read_wav_prefix(&cut, f64::INFINITY).unwrap();
         assert!(clip.truncated);
         assert_eq!(clip.audio.frames(), 699);

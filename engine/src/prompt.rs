@@ -89,8 +89,9 @@ impl PromptConfig {
         vae: VaeConfig,
     ) -> Result<Self> {
         let mut cfg = Self::real(vae);
-        cfg.demucs = HtDemucsConfig::from_shapes(&shapes(demucs))
-            .with_context(|| format!("reading the HTDemucs sizes of {}", demucs.path().display()))?;
+        cfg.demucs = HtDemucsConfig::from_shapes(&shapes(demucs)).with_context(|| {
+            format!("reading the HTDemucs sizes of {}", demucs.path().display())
+        })?;
         let musicfm = |f: &WeightFile| {
             MusicFmConfig::from_shapes(&shapes(f), "bestrq.model")
                 .with_context(|| format!("reading the MusicFM sizes of {}", f.path().display()))
@@ -106,8 +107,9 @@ impl PromptConfig {
             cfg.musicfm.conformer(),
             sep.conformer()
         );
-        cfg.vq = VqConfig::from_shapes(&shapes(mixed), &cfg.mixed.rvq)
-            .with_context(|| format!("reading the quantizer sizes of {}", mixed.path().display()))?;
+        cfg.vq = VqConfig::from_shapes(&shapes(mixed), &cfg.mixed.rvq).with_context(|| {
+            format!("reading the quantizer sizes of {}", mixed.path().display())
+        })?;
         Ok(cfg)
     }
 
@@ -528,7 +530,9 @@ mod tests {
         }
     }
 
-    fn record(load: impl FnOnce(candle_nn::VarBuilder<'static>)) -> impl Fn(&str) -> Option<Vec<usize>> {
+    fn record(
+        load: impl FnOnce(candle_nn::VarBuilder<'static>),
+    ) -> impl Fn(&str) -> Option<Vec<usize>> {
         let rec = Recorder::default();
         load(candle_nn::VarBuilder::from_backend(
             Box::new(rec.clone()),
@@ -584,7 +588,9 @@ mod tests {
         assert_eq!(t.dims(), &[2, 48_000]);
         let rows = t.to_vec2::<f32>().unwrap();
         assert_eq!(rows[0], rows[1]);
-        let quad: Vec<Vec<f32>> = (0..4).map(|c| vec![c as f32 * 0.1 + 0.05; 48_000]).collect();
+        let quad: Vec<Vec<f32>> = (0..4)
+            .map(|c| vec![c as f32 * 0.1 + 0.05; 48_000])
+            .collect();
         let mut quad = quad;
         quad[0][7] = 0.5;
         let rows = validate_clip(&quad, 48_000, &dev)

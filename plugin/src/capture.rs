@@ -47,7 +47,13 @@ impl CaptureLevel {
             clipped += usize::from(a >= CLIP_LEVEL);
             n += 1;
         }
-        let db = |x: f64| if x > 0.0 { (20.0 * x.log10()) as f32 } else { f32::NEG_INFINITY };
+        let db = |x: f64| {
+            if x > 0.0 {
+                (20.0 * x.log10()) as f32
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
         Self {
             peak_dbfs: db(f64::from(peak)),
             rms_dbfs: db((sum / n.max(1) as f64).sqrt()),
@@ -391,7 +397,10 @@ mod tests {
         assert_eq!(silent.peak_dbfs, f32::NEG_INFINITY);
         assert!(silent.describe().contains("−∞"));
         let w = capture_warnings(0.5, &silent);
-        assert!(w[0].starts_with("Too short") && w[1].starts_with("Silent"), "{w:?}");
+        assert!(
+            w[0].starts_with("Too short") && w[1].starts_with("Silent"),
+            "{w:?}"
+        );
 
         let hot: Vec<f32> = tone.iter().map(|v| (v * 4.0).clamp(-1.0, 1.0)).collect();
         let l = CaptureLevel::measure(&hot, &hot);

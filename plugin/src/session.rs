@@ -293,7 +293,9 @@ mod tests {
         let notes = prompt_notes(&draft);
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains("chorus"));
-        draft.prompt = PromptSource::AutoGenre { genre: "Pop".into() };
+        draft.prompt = PromptSource::AutoGenre {
+            genre: "Pop".into(),
+        };
         assert!(prompt_notes(&draft).is_empty());
     }
 

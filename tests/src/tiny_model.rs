@@ -587,8 +587,10 @@ fn musicfm_state_dict(
         b.fill(format!("{p}.bias"), &[ch], 0.0, 0.05);
         b.fill(format!("{p}.running_mean"), &[ch], 0.0, 0.05);
         b.fill(format!("{p}.running_var"), &[ch], 1.0, 0.2);
-        b.tensors
-            .push((format!("{p}.num_batches_tracked"), RawTensor::i64(&[], &[1000])));
+        b.tensors.push((
+            format!("{p}.num_batches_tracked"),
+            RawTensor::i64(&[], &[1000]),
+        ));
     };
     for (i, cin) in [(0, 1), (1, c)] {
         let p = format!("{m}.conv.conv.{i}");
@@ -610,7 +612,12 @@ fn musicfm_state_dict(
         let p = format!("{m}.conformer.layers.{i}");
         for ffn in ["ffn1", "ffn2"] {
             b.weight(format!("{p}.{ffn}.intermediate_dense.weight"), &[f, h]);
-            b.fill(format!("{p}.{ffn}.intermediate_dense.bias"), &[f], 0.0, 0.02);
+            b.fill(
+                format!("{p}.{ffn}.intermediate_dense.bias"),
+                &[f],
+                0.0,
+                0.02,
+            );
             b.weight(format!("{p}.{ffn}.output_dense.weight"), &[h, f]);
             b.fill(format!("{p}.{ffn}.output_dense.bias"), &[h], 0.0, 0.02);
         }

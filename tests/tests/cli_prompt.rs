@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use songgen_engine::protocol::Event;
 use songgen_tests::{songgen, temp_dir, tiny_model};
 
-const LYRICS: &str = "[intro-short] ; [verse] hello there. how are you ; [chorus] la la la ; [outro-short]";
+const LYRICS: &str =
+    "[intro-short] ; [verse] hello there. how are you ; [chorus] la la la ; [outro-short]";
 
 fn model() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -99,7 +100,16 @@ fn every_type_with_a_prompt_clip_writes_its_stems_reproducibly() {
         ("separate", &["", "_vocal", "_bgm"][..]),
     ] {
         let out = home.join(ty);
-        let args = ["--prompt-audio", p, "--type", ty, "--seed", "5", "--id", "s"];
+        let args = [
+            "--prompt-audio",
+            p,
+            "--type",
+            ty,
+            "--seed",
+            "5",
+            "--id",
+            "s",
+        ];
         check(&generate(&home, &out, &args));
         let first = stems(&out, "s", suffixes);
         let r = record(&out, "s");
@@ -109,7 +119,10 @@ fn every_type_with_a_prompt_clip_writes_its_stems_reproducibly() {
         if ty == "separate" || ty == "mixed" {
             let again = home.join(format!("{ty}-again"));
             check(&generate(&home, &again, &args));
-            assert!(first == stems(&again, "s", suffixes), "{ty}: same seed, other stems");
+            assert!(
+                first == stems(&again, "s", suffixes),
+                "{ty}: same seed, other stems"
+            );
             assert_eq!(record(&again, "s")["tokens_digest"], r["tokens_digest"]);
         }
     }
@@ -120,7 +133,14 @@ fn every_type_with_a_prompt_clip_writes_its_stems_reproducibly() {
     check(&generate(
         &home,
         &out,
-        &["--prompt-audio", other.to_str().unwrap(), "--seed", "5", "--id", "s"],
+        &[
+            "--prompt-audio",
+            other.to_str().unwrap(),
+            "--seed",
+            "5",
+            "--id",
+            "s",
+        ],
     ));
     let (a, b) = (record(&home.join("mixed"), "s"), record(&out, "s"));
     assert!(a["tokens_digest"].is_string(), "{a}");
@@ -140,7 +160,14 @@ fn prompt_audio_with_style_tags_warns_about_the_conflict() {
     check(&generate(
         &home,
         &out,
-        &["--prompt-audio", prompt.to_str().unwrap(), "--tags", "female, pop", "--id", "w"],
+        &[
+            "--prompt-audio",
+            prompt.to_str().unwrap(),
+            "--tags",
+            "female, pop",
+            "--id",
+            "w",
+        ],
     ));
     let warnings = record(&out, "w")["warnings"].to_string();
     assert!(warnings.contains("style tags"), "{warnings}");
@@ -167,12 +194,22 @@ fn serve_takes_an_audio_prompt() {
             "lyrics": LYRICS, "seed": 2, "out_dir": out, "gen_type": "separate",
             "prompt": {"kind": "audio", "path": prompt},
         });
-        writeln!(stdin, "{}", serde_json::json!({"op": "generate", "id": "a", "job": job})).unwrap();
+        writeln!(
+            stdin,
+            "{}",
+            serde_json::json!({"op": "generate", "id": "a", "job": job})
+        )
+        .unwrap();
         let bad = serde_json::json!({
             "lyrics": LYRICS, "seed": 2, "out_dir": out,
             "prompt": {"kind": "audio", "path": home.join("missing.wav")},
         });
-        writeln!(stdin, "{}", serde_json::json!({"op": "generate", "id": "b", "job": bad})).unwrap();
+        writeln!(
+            stdin,
+            "{}",
+            serde_json::json!({"op": "generate", "id": "b", "job": bad})
+        )
+        .unwrap();
     }
     drop(child.stdin.take());
     let o = child.wait_with_output().unwrap();
@@ -186,16 +223,24 @@ fn serve_takes_an_audio_prompt() {
         .iter()
         .filter_map(|e| match e {
             Event::Done { id, .. } => Some(format!("done {id}")),
-            Event::Error { id, message } => Some(format!("error {} {message}", id.as_deref().unwrap_or("-"))),
+            Event::Error { id, message } => {
+                Some(format!("error {} {message}", id.as_deref().unwrap_or("-")))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(ends.len(), 2, "{ends:?}");
     assert_eq!(ends[0], "done a");
-    assert!(ends[1].starts_with("error b") && ends[1].contains("missing.wav"), "{ends:?}");
+    assert!(
+        ends[1].starts_with("error b") && ends[1].contains("missing.wav"),
+        "{ends:?}"
+    );
     assert!(events.iter().any(|e| matches!(
         e,
-        Event::Progress { stage: songgen_engine::protocol::Stage::Prompt, .. }
+        Event::Progress {
+            stage: songgen_engine::protocol::Stage::Prompt,
+            ..
+        }
     )));
     stems(&out, "a", &["", "_vocal", "_bgm"]);
 }
@@ -209,7 +254,11 @@ fn bad_clips_fail_clearly_naming_the_file_and_keep_earlier_takes() {
     let kept = stems(&out, "kept", &[""]);
 
     let mp3 = home.join("song.mp3");
-    std::fs::write(&mp3, b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb not a wav file").unwrap();
+    std::fs::write(
+        &mp3,
+        b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb not a wav file",
+    )
+    .unwrap();
     let silent = home.join("silent.wav");
     {
         let spec = hound::WavSpec {
@@ -233,7 +282,11 @@ fn bad_clips_fail_clearly_naming_the_file_and_keep_earlier_takes() {
         (&blip, "at least 1 s"),
         (&missing, "not found"),
     ] {
-        let o = generate(&home, &out, &["--prompt-audio", file.to_str().unwrap(), "--id", "bad"]);
+        let o = generate(
+            &home,
+            &out,
+            &["--prompt-audio", file.to_str().unwrap(), "--id", "bad"],
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{}: {err}", file.display());
         let name = file.file_name().unwrap().to_str().unwrap();
@@ -241,5 +294,8 @@ fn bad_clips_fail_clearly_naming_the_file_and_keep_earlier_takes() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.join("bad.wav").exists() && !out.join("bad.json").exists());
     }
-    assert!(kept == stems(&out, "kept", &[""]), "an earlier take changed");
+    assert!(
+        kept == stems(&out, "kept", &[""]),
+        "an earlier take changed"
+    );
 }

@@ -84,7 +84,10 @@ fn checkpoints_match_the_fixture_layouts() {
             .filter(|n| n.starts_with("bestrq.") || n.starts_with("rsq48tobestrq"))
             .collect::<Vec<_>>()
     };
-    assert_eq!(bestrq(&septoken), bestrq(&prompt.join("septoken.safetensors")));
+    assert_eq!(
+        bestrq(&septoken),
+        bestrq(&prompt.join("septoken.safetensors"))
+    );
     let mixed = tiny
         .runtime_dir
         .join("ckpt/model_1rvq/model_2_fixed.safetensors");
@@ -98,7 +101,9 @@ fn checkpoints_match_the_fixture_layouts() {
     );
     assert_eq!(
         shapes(
-            &tiny.runtime_dir.join("third_party/demucs/ckpt/htdemucs.pth"),
+            &tiny
+                .runtime_dir
+                .join("third_party/demucs/ckpt/htdemucs.pth"),
             &[]
         ),
         shapes(&prompt.join("demucs.safetensors"), &[])

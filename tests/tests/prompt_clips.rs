@@ -102,8 +102,12 @@ fn ints(t: &Tensor) -> Vec<i64> {
 fn assert_prompt_frames(e: &EncodedPrompt, frames: usize) {
     let rows = e.tokens.squeeze(0).unwrap().to_vec2::<i64>().unwrap();
     for row in &rows {
-        assert!(row[..frames.min(250)].iter().all(|&t| (0..16384).contains(&t)));
-        assert!(row[frames.min(250)..].iter().all(|&t| t == PROMPT_PAD_TOKEN));
+        assert!(row[..frames.min(250)]
+            .iter()
+            .all(|&t| (0..16384).contains(&t)));
+        assert!(row[frames.min(250)..]
+            .iter()
+            .all(|&t| t == PROMPT_PAD_TOKEN));
     }
 }
 
@@ -133,7 +137,7 @@ fn a_ten_second_stereo_file_gives_the_reference_shapes() {
     let noise: Vec<Vec<f32>> = (0..2)
         .map(|c| {
             (0..480_000)
-                .map(|i| ((i * 7919 + c * 104_729) % 2003) as f32 / 2003.0 - 0.5)
+                .map(|i| ((i as u64 * 7919 + c as u64 * 104_729) % 2003) as f32 / 2003.0 - 0.5)
                 .collect()
         })
         .collect();
@@ -159,10 +163,19 @@ fn under_a_second_silent_or_not_audio_is_a_clear_error() {
     let blip = dir().join("blip.wav");
     write(&blip, &music(0.4, 48_000, 2, 1.0), 48_000, 16, false);
     let err = format!("{:#}", encode_file(&blip).unwrap_err());
-    assert!(err.contains("0.40 s long") && err.contains("at least 1 s"), "{err}");
+    assert!(
+        err.contains("0.40 s long") && err.contains("at least 1 s"),
+        "{err}"
+    );
 
     let silent = dir().join("silent.wav");
-    write(&silent, &[vec![0.0; 96_000], vec![0.0; 96_000]], 48_000, 16, false);
+    write(
+        &silent,
+        &[vec![0.0; 96_000], vec![0.0; 96_000]],
+        48_000,
+        16,
+        false,
+    );
     let err = format!("{:#}", encode_file(&silent).unwrap_err());
     assert!(err.contains("silent"), "{err}");
 
@@ -174,7 +187,10 @@ fn under_a_second_silent_or_not_audio_is_a_clear_error() {
     let empty = dir().join("empty.wav");
     write(&empty, &[vec![], vec![]], 48_000, 16, false);
     let err = encode_file(&empty).unwrap_err().to_string();
-    assert!(err.contains("empty.wav") && err.contains("no samples"), "{err}");
+    assert!(
+        err.contains("empty.wav") && err.contains("no samples"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -269,7 +285,8 @@ fn a_ten_minute_file_costs_what_a_thirty_second_one_does() {
         for _ in 0..10 {
             for i in 0..minute[0].len() {
                 for c in &minute {
-                    w.write_sample((c[i].clamp(-1.0, 1.0) * 32767.0) as i16).unwrap();
+                    w.write_sample((c[i].clamp(-1.0, 1.0) * 32767.0) as i16)
+                        .unwrap();
                 }
             }
         }

@@ -165,7 +165,12 @@ pub struct SeparateOptions {
 
 impl SeparateOptions {
     /// Samples of a 44.1 kHz (`rate`) clip of `len` samples that are separated.
-    pub fn separated_len(&self, len: usize, rate: u32, device: &candle_core::Device) -> Result<usize> {
+    pub fn separated_len(
+        &self,
+        len: usize,
+        rate: u32,
+        device: &candle_core::Device,
+    ) -> Result<usize> {
         if !self.prefix_only {
             return Ok(len);
         }

@@ -127,13 +127,19 @@ impl HtDemucsConfig {
     pub fn from_shapes(shape: &dyn Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
         let mut cfg = Self::real();
         let need = |name: &str| -> Result<Vec<usize>> {
-            shape(name).with_context(|| format!("missing tensor `{name}` (not an HTDemucs state dict?)"))
+            shape(name)
+                .with_context(|| format!("missing tensor `{name}` (not an HTDemucs state dict?)"))
         };
         let conv = need("encoder.0.conv.weight")?;
-        ensure!(conv.len() == 4, "`encoder.0.conv.weight` has shape {conv:?}, expected 4 dims");
+        ensure!(
+            conv.len() == 4,
+            "`encoder.0.conv.weight` has shape {conv:?}, expected 4 dims"
+        );
         cfg.channels = conv[0];
         cfg.kernel_size = conv[2];
-        cfg.depth = (0..).take_while(|i| shape(&format!("encoder.{i}.conv.weight")).is_some()).count();
+        cfg.depth = (0..)
+            .take_while(|i| shape(&format!("encoder.{i}.conv.weight")).is_some())
+            .count();
         if cfg.depth > 1 {
             let next = need("encoder.1.conv.weight")?[0];
             ensure!(
@@ -150,7 +156,10 @@ impl HtDemucsConfig {
         let dec_dconv = shape("decoder.0.dconv.layers.0.0.weight");
         cfg.dconv_mode = usize::from(enc_dconv.is_some()) | (usize::from(dec_dconv.is_some()) << 1);
         if let Some(d) = &enc_dconv {
-            ensure!(d[0] > 0 && d[1] % d[0] == 0, "DConv of shape {d:?}: width not a multiple of its hidden width");
+            ensure!(
+                d[0] > 0 && d[1] % d[0] == 0,
+                "DConv of shape {d:?}: width not a multiple of its hidden width"
+            );
             cfg.dconv_comp = d[1] / d[0];
             cfg.dconv_depth = (0..)
                 .take_while(|i| shape(&format!("encoder.0.dconv.layers.{i}.0.weight")).is_some())

@@ -61,18 +61,24 @@ impl MusicFmConfig {
         let mut cfg = Self::real();
         let need = |name: &str| -> Result<Vec<usize>> {
             let full = format!("{prefix}.{name}");
-            shape(&full).with_context(|| format!("missing tensor `{full}` (no MusicFM encoder in this file?)"))
+            shape(&full).with_context(|| {
+                format!("missing tensor `{full}` (no MusicFM encoder in this file?)")
+            })
         };
         cfg.conv_dim = need("conv.conv.0.conv1.weight")?[0];
         cfg.encoder_dim = need("conv.linear.weight")?[0];
         let layer = "conformer.layers.0";
         cfg.intermediate_size = need(&format!("{layer}.ffn1.intermediate_dense.weight"))?[0];
-        cfg.conv_depthwise_kernel_size = *need(&format!("{layer}.conv_module.depthwise_conv.weight"))?
-            .last()
-            .context("depthwise conv weight without dims")?;
+        cfg.conv_depthwise_kernel_size =
+            *need(&format!("{layer}.conv_module.depthwise_conv.weight"))?
+                .last()
+                .context("depthwise conv weight without dims")?;
         cfg.encoder_depth = (0..)
             .take_while(|i| {
-                shape(&format!("{prefix}.conformer.layers.{i}.ffn1.intermediate_dense.weight")).is_some()
+                shape(&format!(
+                    "{prefix}.conformer.layers.{i}.ffn1.intermediate_dense.weight"
+                ))
+                .is_some()
             })
             .count();
         let head_dim = match shape(&format!("{prefix}.conformer.embed_positions.inv_freq")) {
