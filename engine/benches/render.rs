@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use songgen_engine::flow::{EstimatorConfig, FlowEstimator};
-use songgen_engine::vae::{OobleckDecoder, VaeConfig};
+use songgen_engine::render::flow::{EstimatorConfig, FlowEstimator};
+use songgen_engine::render::vae::{OobleckDecoder, VaeConfig};
 
 /// Every tensor is `N(0, 0.02²)` of the requested shape.
 struct RandomWeights;

@@ -11,12 +11,12 @@ use std::time::Instant;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use songgen_engine::demucs::apply::ApplyOptions;
-use songgen_engine::demucs::{HtDemucs, HtDemucsConfig};
-use songgen_engine::musicfm::{MusicFm, MusicFmConfig};
-use songgen_engine::vae::encoder::OobleckEncoder;
-use songgen_engine::vae::VaeConfig;
-use songgen_engine::vq::VqEncoder;
+use songgen_engine::prompt::demucs::apply::ApplyOptions;
+use songgen_engine::prompt::demucs::{HtDemucs, HtDemucsConfig};
+use songgen_engine::prompt::musicfm::{MusicFm, MusicFmConfig};
+use songgen_engine::prompt::vae_encoder::OobleckEncoder;
+use songgen_engine::prompt::vq::VqEncoder;
+use songgen_engine::render::vae::VaeConfig;
 
 /// Every tensor is `N(0, 0.02²)` of the requested shape; BatchNorm variances are 1 so the
 /// arithmetic stays finite.

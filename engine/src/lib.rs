@@ -1,31 +1,29 @@
 //! songgen engine: a native runtime for Tencent's SongGeneration 2 (LeVo 2).
 //!
-//! One module per component of the reference pipeline; `parity` runs the reference's golden
-//! fixtures against them.
+//! Grouped by pipeline stage (see `docs/architecture.md`):
+//! - [`lm`]: LeLM, lyrics + style (+ prompt tokens) → three token streams at 25 Hz;
+//! - [`render`]: tokens → audio (RVQ embedding, flow-matching decoder, Oobleck VAE decoder,
+//!   window schedule and cross-fade);
+//! - [`prompt`]: a reference clip → prompt tokens and render prompts (resampling, HTDemucs,
+//!   MusicFM + VQ audio tokenizers, VAE encoder), and the auto-prompt library;
+//! - [`io`]: weight files (model.pt / safetensors / ckpt), audio files, checkpoint conversion;
+//! - [`service`]: one job from inputs to files ([`service::pipeline`]), the models behind it,
+//!   the JSON-lines engine service and the environment report (`doctor`);
+//! - [`progress`]: progress reports and the one cancellation mechanism every stage uses;
+//! - `cli/`: the `songgen` command (the binary, feature `cli`);
+//! - `parity`: the reference-fixture runner (feature `parity`, used by xtask and the tests).
+//!
+//! The wire protocol, lyric checker, tag vocabularies, licence record and paths live in the
+//! light `songgen-protocol` crate (shared with the plugin) and are re-exported here.
 
-pub mod audio;
-pub mod auto_prompt;
-pub mod convert;
-pub mod demucs;
-pub mod doctor;
-pub mod flow;
-pub mod license;
+pub mod io;
 pub mod lm;
-pub mod lyrics;
-pub mod models;
-pub mod musicfm;
+#[cfg(feature = "parity")]
 pub mod parity;
-pub mod paths;
-pub mod pipeline;
 pub mod progress;
 pub mod prompt;
-pub mod protocol;
 pub mod render;
-pub mod resample;
-pub mod rvq;
 pub mod service;
-pub mod tags;
-pub mod tokenizer;
-pub mod vae;
-pub mod vq;
-pub mod weights;
+
+pub use songgen_protocol as protocol;
+pub use songgen_protocol::{license, lyrics, paths, tags};

@@ -1,8 +1,11 @@
-//! Progress reporting and cooperative cancellation for long-running stages.
+//! Progress reporting and cooperative cancellation for long-running stages: the engine's one
+//! cancellation mechanism.
 //!
-//! Every stage (LM steps, render windows, VAE chunks, prompt encoding) reports through a
-//! [`ProgressFn`] between units of work; the callback returns [`ControlFlow::Break`] to cancel,
-//! and the stage then stops at that boundary with [`Cancelled`]. Nothing blocks on the caller.
+//! Every stage (prompt encoding, LM steps, Euler steps, VAE chunks, file writes) reports through
+//! a [`ProgressFn`] at each unit of work ([`report`]); the callback returns
+//! [`ControlFlow::Break`] to cancel, and the stage then stops at that boundary with the one error
+//! [`Cancelled`], carried up through `anyhow` unchanged. The job runner recognises it with
+//! [`is_cancelled`]. Nothing blocks on the caller.
 
 use std::ops::ControlFlow;
 
@@ -32,4 +35,9 @@ pub fn report(progress: &mut ProgressFn<'_>, p: Progress) -> Result<(), Cancelle
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(Cancelled),
     }
+}
+
+/// Whether `err` is (or was caused by) a cancellation.
+pub fn is_cancelled(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Cancelled>())
 }

@@ -2,6 +2,8 @@
 //! generation options, the style prompt (including host capture), Generate/Cancel with progress,
 //! and the take list. It edits the persisted draft and sends commands to the worker; it never
 //! does slow work itself.
+//!
+//! (Over 500 lines: one egui screen, laid out top to bottom; each panel is its own method.)
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,10 +17,10 @@ use nice_plug_egui::{
     create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp,
     RepaintNotifier,
 };
-use songgen_engine::license;
-use songgen_engine::pipeline::AUTO_PROMPT_GENRES;
-use songgen_engine::protocol::GenType;
-use songgen_engine::tags::{self, Dimension};
+use songgen_protocol::license;
+use songgen_protocol::tags::AUTO_PROMPT_GENRES;
+use songgen_protocol::tags::{self, Dimension};
+use songgen_protocol::GenType;
 
 use crate::capture::{capture_warnings, CapturePhase, CaptureSource};
 use crate::files;

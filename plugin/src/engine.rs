@@ -1,5 +1,5 @@
 //! The engine child process: `songgen serve --stdio`, spoken to in the JSON-lines protocol of
-//! `songgen_engine::protocol`. Running inference in a separate process keeps the model's memory
+//! `songgen_protocol::wire`. Running inference in a separate process keeps the model's memory
 //! (and any crash or out-of-memory kill) out of the host.
 
 use std::collections::VecDeque;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
-use songgen_engine::protocol::{Event, Request};
+use songgen_protocol::{Event, Request};
 
 /// Name of the engine executable.
 pub const ENGINE_BIN: &str = if cfg!(windows) {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::playback::Stereo;
 
@@ -34,34 +34,14 @@ pub fn captures_dir() -> PathBuf {
 }
 
 /// Reads a WAV file as stereo (mono is duplicated) at `sample_rate`, resampling linearly when the
-/// file's rate differs.
+/// file's rate differs. Decoding is `songgen_protocol::audio::read_wav` (any PCM/float format),
+/// shared with the engine.
 pub fn read_wav(path: &Path, sample_rate: f32) -> Result<Stereo> {
-    let mut reader =
-        hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let spec = reader.spec();
-    let channels = spec.channels as usize;
-    if channels == 0 {
-        bail!("{}: no channels", path.display());
-    }
-    let samples: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()
-        }
-    }
-    .with_context(|| format!("decoding {}", path.display()))?;
-    let frames = samples.len() / channels;
-    let mut left = Vec::with_capacity(frames);
-    let mut right = Vec::with_capacity(frames);
-    for f in samples.chunks_exact(channels) {
-        left.push(f[0]);
-        right.push(if channels > 1 { f[1] } else { f[0] });
-    }
-    let from = spec.sample_rate as f32;
+    let audio = songgen_protocol::audio::read_wav(path)?;
+    let mut channels = audio.channels.into_iter();
+    let left = channels.next().unwrap_or_default();
+    let right = channels.next().unwrap_or_else(|| left.clone());
+    let from = audio.sample_rate as f32;
     if (from - sample_rate).abs() < 0.5 {
         return Ok(Stereo { left, right });
     }

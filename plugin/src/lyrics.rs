@@ -1,7 +1,7 @@
 //! Lyrics support for the editor: the section tags the model knows and the validation shown
 //! under the lyrics field.
 //!
-//! Validation belongs to the engine (`songgen_engine::lyrics`, shared with the CLI); [`check`]
+//! Validation lives in `songgen_protocol::lyrics` (shared with the engine and the CLI); [`check`]
 //! is the single place the plugin calls it.
 
 /// Section tags offered by the editor's insert buttons, grouped as the buttons show them.
@@ -14,7 +14,7 @@ pub const INSTRUMENTAL_TAGS: [(&str, [&str; 3]); 3] = [
 ];
 
 /// One message for the user, tied to a 1-based line of the lyrics.
-pub use songgen_engine::lyrics::LyricsIssue as Issue;
+pub use songgen_protocol::lyrics::LyricsIssue as Issue;
 
 /// The outcome of checking lyrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -34,7 +34,7 @@ impl Check {
 /// Checks lyrics with the engine's lyric checker (the same one `songgen generate` and the engine
 /// service apply to every job).
 pub fn check(lyrics: &str) -> Check {
-    match songgen_engine::lyrics::normalize(lyrics) {
+    match songgen_protocol::lyrics::normalize(lyrics) {
         Ok(n) => Check {
             errors: Vec::new(),
             warnings: n.warnings,

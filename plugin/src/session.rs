@@ -9,7 +9,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use nice_plug::params::persist::PersistentField;
 use serde::{Deserialize, Serialize};
-use songgen_engine::protocol::{GenType, SamplingOptions};
+use songgen_protocol::{GenType, SamplingOptions};
 
 /// Where the style prompt of the next generation comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

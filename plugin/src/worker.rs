@@ -1,6 +1,9 @@
 //! The plugin's worker thread: everything slow or fallible happens here, never on the audio or
 //! GUI thread. It supervises the engine process (start, restart after a crash, report), turns
 //! Generate into a take, saves captures, loads stems for playback and exports them.
+//!
+//! (Over 500 lines: one state machine — engine supervision, jobs, takes, captures — whose
+//! transitions are easier to check side by side than split across files.)
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use nice_plug::prelude::*;
 use nice_plug_egui::RepaintNotifier;
-use songgen_engine::protocol::{Event, Job, Request, Stage, StylePrompt};
+use songgen_protocol::{Event, Job, Request, Stage, StylePrompt};
 
 use crate::capture::{
     capture_warnings, CaptureControl, CaptureLevel, CapturePhase, RecorderLink, ENGINE_MIN_SECONDS,
@@ -343,7 +346,7 @@ impl Worker {
         self.restart_at = None;
         self.engine_ready = false;
         self.last_engine_error = None;
-        if !songgen_engine::license::is_accepted() {
+        if !songgen_protocol::license::is_accepted() {
             return self.set_engine_state(EngineState::Failed {
                 reason: "accept the model licence (shown in the editor) to start the engine".into(),
             });
@@ -533,7 +536,7 @@ impl Worker {
         if self.running.is_some() {
             bail!("a take is already being generated");
         }
-        if !songgen_engine::license::is_accepted() {
+        if !songgen_protocol::license::is_accepted() {
             bail!("accept the model licence notice first");
         }
         let draft = self.params.draft.read().clone();

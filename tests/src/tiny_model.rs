@@ -16,7 +16,9 @@
 //! <dir>/runtime/third_party/demucs/ckpt/htdemucs.yaml
 //! ```
 //!
-//! Names and shapes follow the state-dict tables of research/lelm.md §2.8 and codec.md §2.9.
+//! Names and shapes follow the state dicts the reference's `LmModel` (`codeclm/models/lm_levo.py`),
+//! `Flow1dVAESeparate` (`codeclm/tokenizer/Flow1dVAE/`) and the stable-audio `OobleckEncoder`/
+//! `OobleckDecoder` save.
 //! The LM has the lelm parity fixture's dims; the flow and the VAE are smaller than the decoder
 //! fixture's (1 block of width 160, VAE base width 1) because every render runs full
 //! 1000-frame windows and these set the end-to-end tests' run time.
@@ -29,6 +31,9 @@
 //! filterbank, the 48 → 24 kHz resampling kernel) and the HTDemucs tensors are copied from the
 //! prompt parity fixture, so separation and resampling behave like the real ones.
 //! Everything else is drawn from one seed, so the same seed writes byte-identical files.
+//!
+//! (Over 500 lines: one writer per released file, kept together so the folder's layout reads in
+//! one place.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -336,7 +341,7 @@ conditioners:
     )
 }
 
-/// lelm.md §2.8, with the `audiolm.` prefix of model.pt.
+/// The reference `LmModel`'s state dict, with the `audiolm.` prefix of model.pt.
 fn lm_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let (d, f) = (LM_DIM, LM_FFN);
     let mut b = Builder {
@@ -419,7 +424,7 @@ fn lm_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
         .collect()
 }
 
-/// codec.md §2.9: the flow decoder's file without the prompt encoder (`bestrq.*`, `hubert.*`).
+/// The flow decoder's file (`model_2.safetensors`) without the prompt encoder (`bestrq.*`, `hubert.*`).
 fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let dm = FLOW_WIDTH;
     let mut b = Builder {
@@ -505,7 +510,8 @@ fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     b.tensors
 }
 
-/// One-codebook quantizer `{rvq}.quantizers.0.*` of width `RVQ_DIM` (codec.md §2.9).
+/// One-codebook quantizer `{rvq}.quantizers.0.*` of width `RVQ_DIM` (the reference's
+/// `ResidualVectorQuantize` with `n_codebooks=1`, `descript_quantize3.py`).
 fn quantizer(rng: &mut Rng, rvq: &str, half: bool) -> Vec<(String, RawTensor)> {
     let mut b = Builder {
         rng,
@@ -569,7 +575,8 @@ fn demucs_state_dict() -> std::io::Result<Vec<(String, RawTensor)>> {
     fixture_tensors("demucs.safetensors")
 }
 
-/// MusicFM-25Hz under `bestrq.model.` (codec.md §3.6) at the tiny widths, with the resampling
+/// MusicFM-25Hz under `bestrq.model.` (the reference's `MusicFM25Hz` with HF's
+/// `Wav2Vec2ConformerEncoder`) at the tiny widths, with the resampling
 /// kernel and mel buffers; stored F16 (as `model_2_fixed.safetensors` is) when `half`.
 fn musicfm_state_dict(
     rng: &mut Rng,
@@ -669,7 +676,7 @@ fn musicfm_state_dict(
     tensors
 }
 
-/// codec.md §2.9 VAE table: Oobleck encoder and decoder with weight norm unfolded.
+/// The VAE checkpoint: Oobleck encoder and decoder with weight norm unfolded.
 fn vae_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
     let c = VAE_CHANNELS;
     let mults = [1, 1, 2, 4, 8, 16];
@@ -758,7 +765,7 @@ fn vae_config_json() -> String {
 fn auto_prompt(rng: &mut Rng) -> Value {
     let mut genres = Vec::new();
     // The file holds every genre but `Auto`, which picks among all of them.
-    for g in songgen_engine::pipeline::AUTO_PROMPT_GENRES
+    for g in songgen_engine::tags::AUTO_PROMPT_GENRES
         .iter()
         .filter(|g| **g != "Auto")
     {

@@ -1,7 +1,7 @@
 //! The same state dict stored as PyTorch pickle and as safetensors loads to identical tensors.
 
 use candle_core::{DType, Device};
-use songgen_engine::weights::WeightFile;
+use songgen_engine::io::weights::WeightFile;
 use songgen_tests::fixture_dir;
 
 fn same_tensors(a: &str, b: &str) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use songgen_engine::weights::WeightFile;
+use songgen_engine::io::weights::WeightFile;
 use songgen_tests::{fixture_dir, songgen, temp_dir, tiny_model};
 
 fn shapes(path: &Path, skip: &[&str]) -> BTreeMap<String, Vec<usize>> {

@@ -5,11 +5,12 @@
 use std::ops::ControlFlow;
 
 use candle_core::{Device, Tensor};
-use songgen_engine::demucs::HtDemucsConfig;
 use songgen_engine::progress::{Cancelled, Progress};
-use songgen_engine::prompt::{PromptConfig, PromptEncoder, PromptFiles, PROMPT_PAD_TOKEN};
-use songgen_engine::tokenizer::{MixedTokenizer, SeparateTokenizer};
-use songgen_engine::vae::VaeConfig;
+use songgen_engine::prompt::audio_tokenizer::{MixedTokenizer, SeparateTokenizer};
+use songgen_engine::prompt::demucs::HtDemucsConfig;
+use songgen_engine::prompt::{PromptConfig, PromptEncoder, PromptFiles};
+use songgen_engine::protocol::GenType;
+use songgen_engine::render::vae::VaeConfig;
 
 /// The prompt encoder with the fixture's tiny models (sizes from its manifest).
 fn tiny_encoder() -> PromptEncoder {
@@ -39,6 +40,7 @@ fn tiny_encoder() -> PromptEncoder {
         vae,
         vocal_stem: 3,
         prompt_seconds: 10,
+        pad_token: 16385,
     };
     let w = |name: &str| dir.join("weights").join(format!("{name}.safetensors"));
     let files = PromptFiles {
@@ -120,9 +122,11 @@ fn a_full_length_clip_gives_the_lm_and_renderer_shapes_and_is_seeded() {
     assert!(reports.windows(2).all(|w| w[1].done == w[0].done + 1));
 
     // Same seed, same result; another seed changes the sampled latent.
-    let again = enc.encode(&audio, 48_000, 11, &mut no_progress()).unwrap();
+    let again = enc
+        .encode(&audio, 48_000, GenType::Mixed, 11, &mut no_progress())
+        .unwrap();
     assert_eq!(ints(&again.tokens), ints(&e.tokens));
-    let l = again.latent.unwrap();
+    let l = again.render.mixed.unwrap().latent;
     let d = (&l - &e.render.latent)
         .unwrap()
         .abs()
@@ -130,8 +134,10 @@ fn a_full_length_clip_gives_the_lm_and_renderer_shapes_and_is_seeded() {
         .sum_all()
         .unwrap();
     assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
-    let other = enc.encode(&audio, 48_000, 12, &mut no_progress()).unwrap();
-    let d = (other.latent.unwrap() - &e.render.latent)
+    let other = enc
+        .encode(&audio, 48_000, GenType::Mixed, 12, &mut no_progress())
+        .unwrap();
+    let d = (other.render.mixed.unwrap().latent - &e.render.latent)
         .unwrap()
         .abs()
         .unwrap()
@@ -154,7 +160,10 @@ fn short_mono_and_high_rate_clips_are_padded_like_the_reference() {
             row[..76].iter().all(|&t| (0..16384).contains(&t)),
             "{row:?}"
         );
-        assert!(row[76..].iter().all(|&t| t == PROMPT_PAD_TOKEN), "{row:?}");
+        assert!(
+            row[76..].iter().all(|&t| t == enc.config().pad_token),
+            "{row:?}"
+        );
     }
     assert_eq!(e.render.latent.dims(), &[1, 64, 75]);
     assert_eq!(e.render.codes_bgm.dims(), &[1, 1, 76]);
@@ -165,14 +174,15 @@ fn short_mono_and_high_rate_clips_are_padded_like_the_reference() {
         .unwrap();
     assert_eq!(e.separated.full.dims(), &[2, 96_000]);
     assert_eq!(e.render.latent.dims(), &[1, 64, 50]);
-    assert_eq!(ints(&e.tokens)[51], PROMPT_PAD_TOKEN);
+    assert_eq!(ints(&e.tokens)[51], enc.config().pad_token);
+    assert_eq!(enc.config().pad_token, 16385);
 }
 
 #[test]
 fn unusable_input_is_a_clear_error_and_cancelling_stops() {
     let enc = tiny_encoder();
     let run = |audio: &[Vec<f32>], rate: u32| {
-        enc.encode(audio, rate, 0, &mut no_progress())
+        enc.encode(audio, rate, GenType::Mixed, 0, &mut no_progress())
             .err()
             .map(|e| format!("{e:#}"))
             .expect("an error")
@@ -201,7 +211,13 @@ fn unusable_input_is_a_clear_error_and_cancelling_stops() {
         ControlFlow::Break(())
     };
     let err = enc
-        .encode(&clip(1.0, 44_100, 2, 0.5), 44_100, 0, &mut cancel)
+        .encode(
+            &clip(1.0, 44_100, 2, 0.5),
+            44_100,
+            GenType::Separate,
+            0,
+            &mut cancel,
+        )
         .unwrap_err();
     assert!(err.downcast_ref::<Cancelled>().is_some(), "{err:#}");
     assert_eq!(calls, 1);

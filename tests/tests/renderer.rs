@@ -6,12 +6,13 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use songgen_engine::io::weights::WeightFile;
 use songgen_engine::parity::decoder::{load_renderer, render_config};
 use songgen_engine::parity::Manifest;
 use songgen_engine::progress::{Cancelled, Progress, Stage};
 use songgen_engine::protocol::GenType;
-use songgen_engine::render::{PromptSet, Renderer, Stem};
-use songgen_engine::weights::WeightFile;
+use songgen_engine::protocol::Stem;
+use songgen_engine::render::{PromptSet, Renderer};
 use songgen_tests::fixture_dir;
 
 fn renderer() -> Renderer {
@@ -219,6 +220,6 @@ fn vae_json_config_matches_the_manifest() {
     let dir = fixture_dir("decoder");
     let manifest = Manifest::read(&dir).unwrap();
     let json = manifest.weight_path(&dir, Some("vae_config")).unwrap();
-    let parsed = songgen_engine::vae::VaeConfig::from_json_file(&json).unwrap();
+    let parsed = songgen_engine::render::vae::VaeConfig::from_json_file(&json).unwrap();
     assert_eq!(parsed, render_config(&manifest).unwrap().vae);
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use songgen_engine::convert;
+use songgen_engine::io::convert;
 
 use super::{CliResult, Failure};
 

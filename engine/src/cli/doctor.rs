@@ -1,8 +1,8 @@
 //! `songgen doctor`: is this model folder complete, and which devices can run it?
 
 use candle_core::Device;
-use songgen_engine::doctor;
 use songgen_engine::paths::ModelPaths;
+use songgen_engine::service::doctor;
 
 use super::{CliResult, Failure, ModelArgs};
 

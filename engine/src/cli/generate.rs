@@ -10,10 +10,11 @@ use anyhow::{anyhow, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use songgen_engine::paths::ModelPaths;
-use songgen_engine::pipeline::{self, PipelineError};
 use songgen_engine::progress::Progress;
 use songgen_engine::protocol::{GenType, Job, SamplingOptions, Stage, StylePrompt};
-use songgen_engine::{models, service, tags};
+use songgen_engine::service::pipeline::{self, PipelineError};
+use songgen_engine::service::{models, server as service};
+use songgen_engine::tags;
 
 use super::device::{self, DTypeChoice, DeviceChoice};
 use super::{license, CliResult, Failure, ModelArgs};

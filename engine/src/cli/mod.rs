@@ -135,7 +135,7 @@ fn print_tags() {
     }
     println!(
         "auto-prompt genres: {}",
-        songgen_engine::pipeline::AUTO_PROMPT_GENRES.join(", ")
+        songgen_engine::tags::AUTO_PROMPT_GENRES.join(", ")
     );
     println!(
         "section tags: {}",

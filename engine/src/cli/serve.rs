@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use songgen_engine::models;
 use songgen_engine::paths::ModelPaths;
-use songgen_engine::service::{Engine, EventSink};
+use songgen_engine::service::models;
+use songgen_engine::service::server::{Engine, EventSink};
 
 use super::device::{self, DTypeChoice, DeviceChoice};
 use super::{license, CliResult, Failure, ModelArgs};

@@ -17,12 +17,18 @@ use serde_json::Value;
 
 /// Files that `${load_yaml:...}` may name but that live in the reference's source tree rather
 /// than in a model folder; used when no search folder holds them.
-const BUILTIN_FILES: &[(&str, &str)] = &[("conf/vocab.yaml", BUILTIN_VOCAB_YAML)];
-
-/// `conf/vocab.yaml` of the reference: the lyric structure tags, in id order.
-const BUILTIN_VOCAB_YAML: &str = "- '[verse]'\n- '[chorus]'\n- '[bridge]'\n- '[intro-short]'\n\
-- '[intro-medium]'\n- '[intro-long]'\n- '[outro-short]'\n- '[outro-medium]'\n- '[outro-long]'\n\
-- '[inst-short]'\n- '[inst-medium]'\n- '[inst-long]'\n- '[silence]'\n";
+fn builtin_file(rel: &str) -> Option<String> {
+    match rel {
+        // `conf/vocab.yaml` of the reference: the lyric structure tags, in id order.
+        "conf/vocab.yaml" => Some(
+            crate::lyrics::SECTION_TAGS
+                .iter()
+                .map(|t| format!("- '{t}'\n"))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
 
 /// Nesting limit for key references that point at other interpolations.
 const MAX_DEPTH: usize = 32;
@@ -140,11 +146,9 @@ impl Ctx<'_> {
         {
             Some(path) => std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?,
-            None => BUILTIN_FILES
-                .iter()
-                .find(|(name, _)| *name == rel)
-                .map(|(_, text)| text.to_string())
-                .ok_or_else(|| anyhow!("${{load_yaml:{rel}}}: file not found"))?,
+            None => {
+                builtin_file(rel).ok_or_else(|| anyhow!("${{load_yaml:{rel}}}: file not found"))?
+            }
         };
         let yaml: serde_yaml::Value =
             serde_yaml::from_str(&text).with_context(|| format!("parsing {rel}"))?;

@@ -30,10 +30,10 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::io::weights::WeightFile;
 use crate::paths::ModelPaths;
 use crate::progress::{report, Progress, ProgressFn, Stage};
 use crate::protocol::{GenType, SamplingOptions};
-use crate::weights::WeightFile;
 
 pub use conditioners::TextConditions;
 pub use config::{LmConfig, LmVersion};

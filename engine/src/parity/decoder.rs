@@ -8,15 +8,16 @@ use candle_core::{DType, Device, Module, Tensor};
 use serde::de::DeserializeOwned;
 
 use super::{input, param, Case, Manifest, Suite, Tensors};
-use crate::flow::{solve_euler, t_span, FlowConfig};
+use crate::io::weights::WeightFile;
+use crate::protocol::Stem;
+use crate::render::flow::{solve_euler, t_span, FlowConfig};
+use crate::render::rvq::named_codes;
+use crate::render::vae::layers::{fold_weight_norm, SnakeBeta};
+use crate::render::vae::{chunk_plan, VaeConfig};
 use crate::render::{
     crossfade_append, no_progress, plan_decode, ChunkConfig, Noise, RenderConfig, RenderPrompt,
-    Renderer, Stem, WindowConfig,
+    Renderer, WindowConfig,
 };
-use crate::rvq::named_codes;
-use crate::vae::layers::{fold_weight_norm, SnakeBeta};
-use crate::vae::{chunk_plan, VaeConfig};
-use crate::weights::WeightFile;
 
 pub struct DecoderSuite {
     renderer: Renderer,

@@ -11,15 +11,17 @@ use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 use super::{input, param, Case, Manifest, Suite, Tensors};
-use crate::demucs::apply::{prompt_pair, vocal_stem, ApplyOptions, SeparateOptions};
-use crate::demucs::{HtDemucs, HtDemucsConfig};
-use crate::musicfm::{MusicFm, MusicFmConfig};
-use crate::resample::Resampler;
-use crate::tokenizer::{MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig};
-use crate::vae::encoder::OobleckEncoder;
-use crate::vae::VaeConfig;
-use crate::vq::VqEncoder;
-use crate::weights::WeightFile;
+use crate::io::weights::WeightFile;
+use crate::prompt::audio_tokenizer::{
+    MixedTokenizer, SeparateTokenizer, StreamSpec, TokenizerConfig, VqConfig,
+};
+use crate::prompt::demucs::apply::{prompt_pair, vocal_stem, ApplyOptions, SeparateOptions};
+use crate::prompt::demucs::{HtDemucs, HtDemucsConfig};
+use crate::prompt::musicfm::{MusicFm, MusicFmConfig};
+use crate::prompt::resample::Resampler;
+use crate::prompt::vae_encoder::OobleckEncoder;
+use crate::prompt::vq::VqEncoder;
+use crate::render::vae::VaeConfig;
 
 pub struct PromptSuite {
     dir: PathBuf,

@@ -1,0 +1,257 @@
+//! The engine service protocol (`songgen serve --stdio` / `--listen ADDR`): JSON lines.
+//!
+//! The client (the plugin, or any script) writes one [`Request`] per line; the engine answers
+//! with one [`Event`] per line. One model is loaded and shared by every job; jobs run one at a
+//! time in submission order. Every job ends with exactly one of `done`, `error` or `cancelled`.
+//!
+//! ```text
+//! -> {"op":"generate","id":"take-1","job":{"lyrics":"[verse] ...","descriptions":"female, pop","out_dir":"/tmp/t1"}}
+//! <- {"event":"queued","id":"take-1","position":0}
+//! <- {"event":"progress","id":"take-1","stage":"lm","done":120,"total":6750,"rate":24.8}
+//! <- {"event":"done","id":"take-1","stems":{"mixed":"/tmp/t1/take-1.wav",...},"sample_rate":48000,"frames":2880000}
+//! -> {"op":"cancel","id":"take-2"}
+//! <- {"event":"cancelled","id":"take-2"}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version announced in [`Event::Ready`]; bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the generation renders (`--type` of the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenType {
+    /// One full mix.
+    #[default]
+    Mixed,
+    /// Vocals only (accompaniment replaced by its silence code).
+    Vocal,
+    /// Accompaniment only (vocals replaced by their silence code).
+    Bgm,
+    /// Mix, vocal and accompaniment stems (three decodes).
+    Separate,
+}
+
+/// One rendered stem: the full mix, the vocals or the accompaniment. A job's stem files are
+/// `<id><suffix>.wav`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    Mixed,
+    Vocal,
+    Bgm,
+}
+
+impl Stem {
+    pub const ALL: [Stem; 3] = [Stem::Mixed, Stem::Vocal, Stem::Bgm];
+
+    /// The name used on the wire and in records (`mixed`, `vocal`, `bgm`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stem::Mixed => "mixed",
+            Stem::Vocal => "vocal",
+            Stem::Bgm => "bgm",
+        }
+    }
+
+    /// Parses [`Self::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// File-name suffix, as in the reference's `X.flac`, `X_vocal.flac`, `X_bgm.flac`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Stem::Mixed => "",
+            Stem::Vocal => "_vocal",
+            Stem::Bgm => "_bgm",
+        }
+    }
+
+    /// The stems a generation type renders, in decode order (`separate` = three independent
+    /// decodes).
+    pub fn for_gen_type(gen_type: GenType) -> &'static [Stem] {
+        match gen_type {
+            GenType::Mixed => &[Stem::Mixed],
+            GenType::Vocal => &[Stem::Vocal],
+            GenType::Bgm => &[Stem::Bgm],
+            GenType::Separate => &[Stem::Mixed, Stem::Vocal, Stem::Bgm],
+        }
+    }
+}
+
+/// Sampling options of the language model. Defaults are those of the reference's
+/// `generate.py` entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingOptions {
+    /// Classifier-free guidance coefficient.
+    pub cfg_coef: f64,
+    /// Softmax temperature.
+    pub temperature: f64,
+    /// Top-k for the mixed stream (streams 1 and 2 are always greedy, k = 1).
+    pub top_k: usize,
+    /// Presence-penalty window in steps.
+    pub record_window: usize,
+    /// Presence penalty divisor.
+    pub penalty: f64,
+    /// `false` takes the argmax everywhere (the reference's `use_sampling=False`).
+    pub use_sampling: bool,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            cfg_coef: 1.5,
+            temperature: 0.8,
+            top_k: 5000,
+            record_window: 50,
+            penalty: 1.1,
+            use_sampling: true,
+        }
+    }
+}
+
+/// Style prompt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum StylePrompt {
+    /// An audio file (any rate; ~10 s are used).
+    Audio { path: PathBuf },
+    /// A genre from the auto-prompt library (`Pop`, `Rock`, ..., `Auto`).
+    Auto { genre: String },
+}
+
+/// One generation job: the reference's JSONL fields plus the engine's options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Structured lyrics (`gt_lyric`).
+    pub lyrics: String,
+    /// Style text (`descriptions`); `None` generates without a text style.
+    #[serde(default)]
+    pub descriptions: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<StylePrompt>,
+    #[serde(default)]
+    pub gen_type: GenType,
+    /// `None` picks a random seed, reported back in the result.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub sampling: SamplingOptions,
+    /// Folder the stems and the JSON record are written to.
+    pub out_dir: PathBuf,
+    /// Replace stems of an earlier job with the same id in `out_dir` (otherwise the job fails
+    /// before generating anything).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// A line from the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    /// Queue a job; `id` is chosen by the client and names the stem files.
+    Generate { id: String, job: Job },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+    /// Ask for a `status` event.
+    Status,
+    /// Finish the running job's current step, then exit.
+    Shutdown,
+}
+
+/// Which part of the pipeline a progress event counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Load,
+    Prompt,
+    Lm,
+    Render,
+    Vae,
+    Write,
+}
+
+/// A line from the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    /// The engine is up with a model loaded.
+    Ready {
+        protocol: u32,
+        model: String,
+        device: String,
+    },
+    Queued {
+        id: String,
+        position: usize,
+    },
+    Started {
+        id: String,
+        seed: u64,
+    },
+    Progress {
+        id: String,
+        stage: Stage,
+        done: u64,
+        total: u64,
+        /// Units per second (tokens/s for `lm`), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<f64>,
+    },
+    Done {
+        id: String,
+        /// Written WAV files by stem (`mixed`, `vocal`, `bgm`).
+        stems: BTreeMap<String, PathBuf>,
+        sample_rate: u32,
+        /// Length of every stem in sample frames.
+        frames: u64,
+        seed: u64,
+    },
+    Error {
+        /// `None` for errors not tied to a job (e.g. an unparsable request line).
+        #[serde(default)]
+        id: Option<String>,
+        message: String,
+    },
+    Cancelled {
+        id: String,
+    },
+    Status {
+        running: Option<String>,
+        queued: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_single_lines() {
+        let line = r#"{"op":"generate","id":"t1","job":{"lyrics":"[verse] hi","out_dir":"/tmp/x","prompt":{"kind":"auto","genre":"Pop"}}}"#;
+        let req: Request = serde_json::from_str(line).unwrap();
+        let Request::Generate { id, job } = &req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(id, "t1");
+        assert_eq!(job.gen_type, GenType::Mixed);
+        assert_eq!(job.sampling, SamplingOptions::default());
+        assert_eq!(
+            job.prompt,
+            Some(StylePrompt::Auto {
+                genre: "Pop".into()
+            })
+        );
+        let back = serde_json::to_string(&req).unwrap();
+        assert!(!back.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&back).unwrap(), req);
+        let cancel: Request = serde_json::from_str(r#"{"op":"cancel","id":"t1"}"#).unwrap();
+        assert_eq!(cancel, Request::Cancel { id: "t1".into() });
+    }
+}
