@@ -16,6 +16,95 @@ pub const RECORD_ON_PLAY_SECONDS: f32 = 10.0;
 /// A record-on-play capture stopped by the transport is kept if at least this long.
 pub const MIN_CAPTURE_SECONDS: f32 = 1.0;
 
+/// Seconds of a style prompt the model uses (the reference keeps the first 10 s).
+pub const PROMPT_SECONDS: f64 = 10.0;
+/// Shortest clip the engine accepts as a style prompt.
+pub const ENGINE_MIN_SECONDS: f64 = 1.0;
+/// A capture whose peak stays below this is treated as silence.
+pub const SILENCE_DBFS: f32 = -60.0;
+/// Samples at or above this magnitude count as clipped.
+pub const CLIP_LEVEL: f32 = 0.999;
+
+/// Level read-out of a captured region: what the editor shows next to its length.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct CaptureLevel {
+    /// Sample peak over both channels, dBFS (−inf for digital silence).
+    pub peak_dbfs: f32,
+    /// RMS over both channels, dBFS.
+    pub rms_dbfs: f32,
+    /// Fraction of samples at full scale (≥ [`CLIP_LEVEL`]).
+    pub clipped: f32,
+}
+
+impl CaptureLevel {
+    /// Measures a stereo clip (run off the audio thread: it reads every sample).
+    pub fn measure(left: &[f32], right: &[f32]) -> Self {
+        let (mut peak, mut sum, mut clipped, mut n) = (0f32, 0f64, 0usize, 0usize);
+        for &v in left.iter().chain(right) {
+            let a = v.abs();
+            peak = peak.max(a);
+            sum += f64::from(v) * f64::from(v);
+            clipped += usize::from(a >= CLIP_LEVEL);
+            n += 1;
+        }
+        let db = |x: f64| {
+            if x > 0.0 {
+                (20.0 * x.log10()) as f32
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        Self {
+            peak_dbfs: db(f64::from(peak)),
+            rms_dbfs: db((sum / n.max(1) as f64).sqrt()),
+            clipped: clipped as f32 / n.max(1) as f32,
+        }
+    }
+
+    /// "peak −3.1 dBFS, RMS −17.0 dBFS".
+    pub fn describe(&self) -> String {
+        let db = |v: f32| {
+            if v.is_finite() {
+                format!("{v:.1} dBFS")
+            } else {
+                "−∞ dBFS".to_owned()
+            }
+        };
+        format!("peak {}, RMS {}", db(self.peak_dbfs), db(self.rms_dbfs))
+    }
+}
+
+/// Problems with a captured region, worst first: too short for the engine, silent, clipped,
+/// shorter than the 10 s the model uses.
+pub fn capture_warnings(seconds: f64, level: &CaptureLevel) -> Vec<String> {
+    let mut w = Vec::new();
+    if seconds < ENGINE_MIN_SECONDS {
+        w.push(format!(
+            "Too short: {seconds:.2} s captured, the engine needs at least {ENGINE_MIN_SECONDS:.0} s."
+        ));
+    }
+    if !(level.peak_dbfs >= SILENCE_DBFS) {
+        w.push(
+            "Silent: nothing reached the capture input (check the routing or the Style \
+             Sidechain) — there is no style to take from it."
+                .to_owned(),
+        );
+    } else if level.clipped > 0.001 {
+        w.push(format!(
+            "Clipping: {:.1} % of the samples are at full scale; lower the source and capture \
+             again for a cleaner style.",
+            100.0 * level.clipped
+        ));
+    }
+    if (ENGINE_MIN_SECONDS..PROMPT_SECONDS).contains(&seconds) {
+        w.push(format!(
+            "Shorter than {PROMPT_SECONDS:.0} s: the model repeats it to fill its 10 s \
+             prompt; a longer region works better."
+        ));
+    }
+    w
+}
+
 /// Which input feeds the capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum CaptureSource {
@@ -289,6 +378,37 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_and_warnings_of_a_capture() {
+        let tone: Vec<f32> = (0..48_000).map(|i| 0.5 * (i as f32 * 0.05).sin()).collect();
+        let l = CaptureLevel::measure(&tone, &tone);
+        assert!((l.peak_dbfs + 6.02).abs() < 0.05, "{l:?}");
+        assert!((l.rms_dbfs + 9.03).abs() < 0.05, "{l:?}");
+        assert_eq!(l.clipped, 0.0);
+        assert_eq!(l.describe(), "peak -6.0 dBFS, RMS -9.0 dBFS");
+        assert!(capture_warnings(10.0, &l).is_empty());
+        // 4 s: repeated to 10 s.
+        let w = capture_warnings(4.0, &l);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("Shorter than 10 s"), "{w:?}");
+
+        let silent = CaptureLevel::measure(&[0.0; 1000], &[0.0; 1000]);
+        assert_eq!(silent.peak_dbfs, f32::NEG_INFINITY);
+        assert!(silent.describe().contains("−∞"));
+        let w = capture_warnings(0.5, &silent);
+        assert!(
+            w[0].starts_with("Too short") && w[1].starts_with("Silent"),
+            "{w:?}"
+        );
+
+        let hot: Vec<f32> = tone.iter().map(|v| (v * 4.0).clamp(-1.0, 1.0)).collect();
+        let l = CaptureLevel::measure(&hot, &hot);
+        assert!(l.clipped > 0.5, "{l:?}");
+        let w = capture_warnings(12.0, &l);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("Clipping"), "{w:?}");
+    }
 
     fn ramp(start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let l: Vec<f32> = (start..start + n).map(|x| x as f32).collect();

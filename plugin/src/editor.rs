@@ -22,12 +22,12 @@ use songgen_protocol::tags::AUTO_PROMPT_GENRES;
 use songgen_protocol::tags::{self, Dimension};
 use songgen_protocol::GenType;
 
-use crate::capture::{CapturePhase, CaptureSource};
+use crate::capture::{capture_warnings, CapturePhase, CaptureSource};
 use crate::files;
 use crate::lyrics::{self, INSTRUMENTAL_TAGS, VOCAL_TAGS};
 use crate::params::SongGenParams;
 use crate::playback::MainOutput;
-use crate::session::{Draft, PromptSource, TakeStatus, Takes};
+use crate::session::{prompt_notes, Draft, PromptSource, TakeStatus, Takes};
 use crate::worker::{Command, EngineState, Shared, UiStatus};
 
 pub const WIDTH: u32 = 1000;
@@ -490,6 +490,9 @@ impl EditorApp {
             }
             PromptSource::Captured => {}
         }
+        for note in prompt_notes(&self.draft) {
+            ui.label(RichText::new(note).weak());
+        }
         // Capture is available whatever the prompt choice; a finished capture selects it.
         ui.horizontal(|ui| {
             ui.label("Capture from");
@@ -533,8 +536,12 @@ impl EditorApp {
         let captured = self.params.capture.read().clone();
         match captured {
             Some(c) => {
+                let level = c
+                    .level
+                    .map(|l| format!(", {}", l.describe()))
+                    .unwrap_or_default();
                 ui.label(format!(
-                    "Captured {:.2} s ({})",
+                    "Captured {:.2} s ({}{level})",
                     c.seconds,
                     if c.from_loop {
                         "loop range"
@@ -543,6 +550,11 @@ impl EditorApp {
                     }
                 ));
                 waveform(ui, &status.waveform);
+                if let Some(level) = &c.level {
+                    for w in capture_warnings(c.seconds, level) {
+                        ui.colored_label(egui::Color32::from_rgb(230, 160, 40), w);
+                    }
+                }
             }
             None => {
                 ui.label(RichText::new("Nothing captured yet.").weak());

@@ -17,6 +17,9 @@ pub struct CapturedPrompt {
     pub seconds: f64,
     /// Whether the host's loop range bounded it (else record-on-play).
     pub from_loop: bool,
+    /// Its level, measured when it was saved (absent in projects saved before).
+    #[serde(default)]
+    pub level: Option<crate::capture::CaptureLevel>,
 }
 
 /// How to run the engine (`songgen serve --stdio`).
@@ -61,6 +64,10 @@ pub struct SongGenParams {
     /// automation can start a capture; the editor's button arms directly).
     #[id = "capture_arm"]
     pub capture_arm: BoolParam,
+    /// Turning this on starts Generate with the current draft (as the editor's button does),
+    /// so a controller or the host's automation can trigger a take.
+    #[id = "generate"]
+    pub generate: BoolParam,
 
     #[persist = "draft"]
     pub draft: Watched<Draft>,
@@ -78,6 +85,7 @@ impl Default for SongGenParams {
             main_output: EnumParam::new("Main output", MainOutput::Mix),
             capture_source: EnumParam::new("Capture source", CaptureSource::Main),
             capture_arm: BoolParam::new("Arm capture", false),
+            generate: BoolParam::new("Generate", false),
             draft: Watched::new(Draft::default()),
             takes: Watched::new(Takes::default()),
             capture: Watched::new(None),

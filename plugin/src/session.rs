@@ -26,6 +26,30 @@ pub enum PromptSource {
     File { path: PathBuf },
 }
 
+impl PromptSource {
+    /// Whether the prompt is a reference clip (captured or a file).
+    pub fn is_audio(&self) -> bool {
+        matches!(self, PromptSource::Captured | PromptSource::File { .. })
+    }
+}
+
+/// The reference's advice on the style prompt (its README, "Prompt Audio Usage Notes") as it
+/// applies to `draft`: an audio prompt and style tags conflict, the chorus is the best region.
+pub fn prompt_notes(draft: &Draft) -> Vec<String> {
+    let mut notes = Vec::new();
+    if draft.prompt.is_audio() {
+        if draft.tags.descriptions().is_some() {
+            notes.push(
+                "Audio prompt and style tags are both set: the model may follow neither well \
+                 when they disagree. Clear the tags to let the audio lead."
+                    .to_owned(),
+            );
+        }
+        notes.push("The chorus makes the best region; the model uses its first 10 s.".to_owned());
+    }
+    notes
+}
+
 /// The style tags the reference model was trained with, plus free text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -251,6 +275,28 @@ mod tests {
             ..StyleTags::default()
         };
         assert_eq!(empty.descriptions(), None);
+    }
+
+    #[test]
+    fn audio_prompts_come_with_the_references_advice() {
+        let mut draft = Draft::default();
+        assert!(prompt_notes(&draft).is_empty());
+        draft.prompt = PromptSource::Captured;
+        let notes = prompt_notes(&draft);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("both set") && notes[1].contains("chorus"));
+        draft.tags = StyleTags {
+            gender: String::new(),
+            genre: String::new(),
+            ..StyleTags::default()
+        };
+        let notes = prompt_notes(&draft);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("chorus"));
+        draft.prompt = PromptSource::AutoGenre {
+            genre: "Pop".into(),
+        };
+        assert!(prompt_notes(&draft).is_empty());
     }
 
     #[test]

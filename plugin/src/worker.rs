@@ -17,7 +17,10 @@ use nice_plug::prelude::*;
 use nice_plug_egui::RepaintNotifier;
 use songgen_protocol::{Event, Job, Request, Stage, StylePrompt};
 
-use crate::capture::{CaptureControl, CapturePhase, RecorderLink};
+use crate::capture::{
+    capture_warnings, CaptureControl, CaptureLevel, CapturePhase, RecorderLink, ENGINE_MIN_SECONDS,
+    SILENCE_DBFS,
+};
 use crate::engine::{self, EngineMsg, EngineProcess};
 use crate::files;
 use crate::lyrics;
@@ -198,6 +201,8 @@ struct Worker {
     takes_version: u64,
     capture_version: u64,
     last_repaint: Instant,
+    /// Last seen value of the "Generate" parameter (its rising edge starts a take).
+    generate_param: bool,
 }
 
 impl Worker {
@@ -208,6 +213,7 @@ impl Worker {
         repaint: RepaintNotifier,
     ) -> Self {
         let (engine_tx, engine_rx) = crossbeam_channel::unbounded();
+        let generate_param = params.generate.value();
         Self {
             params,
             shared,
@@ -231,6 +237,7 @@ impl Worker {
             takes_version: u64::MAX,
             capture_version: u64::MAX,
             last_repaint: Instant::now(),
+            generate_param,
         }
     }
 
@@ -619,7 +626,25 @@ impl Worker {
                 if !cap.path.is_file() {
                     bail!("the captured region {} is missing", cap.path.display());
                 }
-                let label = format!("captured {:.1} s", cap.seconds);
+                if cap.seconds < ENGINE_MIN_SECONDS {
+                    bail!(
+                        "the captured region is {:.2} s long; capture at least {ENGINE_MIN_SECONDS:.0} s \
+                         (a chorus of about 10 s works best)",
+                        cap.seconds
+                    );
+                }
+                if cap.level.is_some_and(|l| !(l.peak_dbfs >= SILENCE_DBFS)) {
+                    bail!(
+                        "the captured region is silent: check the capture input (main input or \
+                         Style Sidechain) and capture again"
+                    );
+                }
+                let name = cap
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let label = format!("captured {:.1} s ({name})", cap.seconds);
                 (Some(StylePrompt::Audio { path: cap.path }), label)
             }
             PromptSource::File { path } => {
@@ -722,6 +747,14 @@ impl Worker {
     // ----- periodic work -----
 
     fn tick(&mut self) {
+        // The "Generate" parameter's rising edge (host automation, a controller).
+        let generate = self.params.generate.value();
+        if generate && !self.generate_param {
+            if let Err(e) = self.generate() {
+                self.message(true, format!("{e:#}"));
+            }
+        }
+        self.generate_param = generate;
         if let Some(at) = self.restart_at {
             if Instant::now() >= at {
                 self.start_engine();
@@ -813,6 +846,7 @@ impl Worker {
             let result = files::write_wav(&path, l, r, buf.sample_rate.round() as u32);
             let seconds = buf.len as f64 / buf.sample_rate as f64;
             let waveform = files::peaks(l, r, WAVEFORM_BINS);
+            let level = CaptureLevel::measure(l, r);
             let from_loop = buf.from_loop;
             // Hand the buffer back for the next capture.
             if let Some(link) = self.recorder.as_mut() {
@@ -825,6 +859,7 @@ impl Worker {
                             path: path.clone(),
                             seconds,
                             from_loop,
+                            level: Some(level),
                         })
                     });
                     self.capture_version = self.params.capture.version();
@@ -832,7 +867,14 @@ impl Worker {
                         .draft
                         .update(|d| d.prompt = PromptSource::Captured);
                     self.status().waveform = waveform;
-                    self.message(false, format!("captured {seconds:.2} s"));
+                    let warnings = capture_warnings(seconds, &level);
+                    match warnings.first() {
+                        None => self.message(
+                            false,
+                            format!("captured {seconds:.2} s ({})", level.describe()),
+                        ),
+                        Some(w) => self.message(true, format!("captured {seconds:.2} s: {w}")),
+                    }
                 }
                 Err(e) => self.message(true, format!("saving the capture failed: {e:#}")),
             }

@@ -42,6 +42,32 @@ pub enum AudioError {
 
 /// Reads a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any rate and channel count).
 pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
+    let clip = read_wav_prefix(path, f64::INFINITY)?;
+    if clip.truncated {
+        return Err(AudioError::Unreadable {
+            path: path.to_path_buf(),
+            reason: "the file ends before the length its header gives (truncated)".into(),
+        });
+    }
+    Ok(clip.audio)
+}
+
+/// The start of a WAV file, as [`read_wav_prefix`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipRead {
+    /// At most the requested seconds.
+    pub audio: Audio,
+    /// Length of the whole file in seconds (by its header).
+    pub file_seconds: f64,
+    /// The file ends before its header says (a capture or copy that was cut off); `audio`
+    /// holds what is there, as ffmpeg (the reference's reader) decodes it.
+    pub truncated: bool,
+}
+
+/// Reads the first `max_seconds` of a WAV file, so a long file costs no more than that. A file
+/// cut off mid-data yields the samples before the cut (`truncated`); one with no sample at all
+/// is [`AudioError::Empty`].
+pub fn read_wav_prefix(path: &Path, max_seconds: f64) -> Result<ClipRead, AudioError> {
     if !path.is_file() {
         return Err(AudioError::NotFound {
             path: path.to_path_buf(),
@@ -53,21 +79,40 @@ pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
     };
     let mut reader = hound::WavReader::open(path).map_err(unreadable)?;
     let spec = reader.spec();
+    if spec.sample_rate == 0 {
+        return Err(AudioError::Unreadable {
+            path: path.to_path_buf(),
+            reason: "its header gives a sample rate of 0 Hz".into(),
+        });
+    }
     let n_ch = usize::from(spec.channels.max(1));
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader
-            .samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(unreadable)?,
+    let file_seconds = reader.duration() as f64 / spec.sample_rate as f64;
+    let max_frames = (max_seconds * spec.sample_rate as f64).min(u32::MAX as f64) as usize;
+    let wanted = (reader.duration() as usize).min(max_frames) * n_ch;
+    let mut truncated = false;
+    // Reads up to `wanted` samples; a read error after the header means the data was cut
+    // off, and what came before it is kept.
+    let mut take = |samples: &mut dyn Iterator<Item = Result<f32, hound::Error>>| -> Vec<f32> {
+        let mut out = Vec::with_capacity(wanted);
+        for s in samples.take(wanted) {
+            match s {
+                Ok(v) => out.push(v),
+                Err(_) => {
+                    truncated = true;
+                    break;
+                }
+            }
+        }
+        out
+    };
+    let mut interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => take(&mut reader.samples::<f32>()),
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|s| s as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(unreadable)?
+            take(&mut reader.samples::<i32>().map(|s| s.map(|s| s as f32 * scale)))
         }
     };
+    interleaved.truncate(interleaved.len() / n_ch * n_ch);
     if interleaved.len() < n_ch {
         return Err(AudioError::Empty {
             path: path.to_path_buf(),
@@ -79,9 +124,13 @@ pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
             ch.push(s);
         }
     }
-    Ok(Audio {
-        channels,
-        sample_rate: spec.sample_rate,
+    Ok(ClipRead {
+        audio: Audio {
+            channels,
+            sample_rate: spec.sample_rate,
+        },
+        file_seconds,
+        truncated,
     })
 }
 
@@ -215,6 +264,29 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
             .collect();
         assert!(leftovers.is_empty());
+        // Cut off mid-data: the strict reader refuses, the prompt reader keeps the start.
+        let long = Audio {
+            channels: vec![(0..1000).map(|i| i as f32 / 1000.0).collect(); 2],
+            sample_rate: 8000,
+        };
+        write_wav(&path, &long, true).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let cut = dir.join("cut.wav");
+        fs::write(&cut, &bytes[..bytes.len() - 4 * 2 * 300 - 3]).unwrap();
+        let err = read_wav(&cut).unwrap_err().to_string();
+        assert!(
+            err.contains("cut.wav") && err.contains("truncated"),
+            "{err}"
+        );
+        let clip = read_wav_prefix(&cut, f64::INFINITY).unwrap();
+        assert!(clip.truncated);
+        assert_eq!(clip.audio.frames(), 699);
+        assert_eq!(clip.audio.channels[1][..699], long.channels[1][..699]);
+        assert_eq!(clip.file_seconds, 1000.0 / 8000.0);
+        // Only the requested start is read.
+        let clip = read_wav_prefix(&path, 0.01).unwrap();
+        assert!(!clip.truncated);
+        assert_eq!(clip.audio.frames(), 80);
         fs::write(dir.join("bad.wav"), b"not a wav").unwrap();
         let err = read_wav(&dir.join("bad.wav")).unwrap_err().to_string();
         assert!(err.contains("bad.wav") && err.contains("WAV"), "{err}");

@@ -11,6 +11,9 @@
 //! <dir>/runtime/ckpt/vae/autoencoder_music_1320k.ckpt     Lightning pickle {'state_dict': ...}
 //! <dir>/runtime/ckpt/vae/stable_audio_1920_vae.json
 //! <dir>/runtime/tools/new_auto_prompt.pt     {genre: {'zh'|'en': [LongTensor [1,3,250]]}}
+//! <dir>/runtime/ckpt/model_1rvq/model_2_fixed.safetensors  mixed tokenizer (MusicFM + VQ), F16
+//! <dir>/runtime/third_party/demucs/ckpt/htdemucs.pth       HTDemucs state dict, PyTorch zip
+//! <dir>/runtime/third_party/demucs/ckpt/htdemucs.yaml
 //! ```
 //!
 //! Names and shapes follow the state dicts the reference's `LmModel` (`codeclm/models/lm_levo.py`),
@@ -18,9 +21,16 @@
 //! `OobleckDecoder` save.
 //! The LM has the lelm parity fixture's dims; the flow and the VAE are smaller than the decoder
 //! fixture's (1 block of width 160, VAE base width 1) because every render runs full
-//! 1000-frame windows and these set the end-to-end tests' run time. The prompt-audio encoders (MusicFM,
-//! Demucs) are not included: their tiny configurations cannot be told from weight shapes.
-//! Everything is drawn from one seed, so the same seed writes byte-identical files.
+//! 1000-frame windows and these set the end-to-end tests' run time.
+//!
+//! The style-prompt encoders are sized by their checkpoints (`PromptConfig::from_checkpoints`):
+//! MusicFM (in both tokenizer files, under `bestrq.model.`, as released) is as wide as the
+//! quantizers' input (`RVQ_DIM`, one head), with `MUSICFM_LAYERS` layers and conv width
+//! `MUSICFM_CONV`; HTDemucs has the prompt parity fixture's tiny topology (base width 8, bottom
+//! 32). Fixed buffers that the reference computes rather than learns (the mel window and
+//! filterbank, the 48 → 24 kHz resampling kernel) and the HTDemucs tensors are copied from the
+//! prompt parity fixture, so separation and resampling behave like the real ones.
+//! Everything else is drawn from one seed, so the same seed writes byte-identical files.
 //!
 //! (Over 500 lines: one writer per released file, kept together so the folder's layout reads in
 //! one place.)
@@ -53,6 +63,11 @@ pub const FLOW_LAYERS: usize = 1;
 pub const FLOW_WIDTH: usize = 24 + 64 + 2 * RVQ_DIM + 64;
 /// VAE base channels (real: 128; the stages use 16, 8, 4, 2 and 1 of them).
 pub const VAE_CHANNELS: usize = 1;
+/// MusicFM conformer layers (real: 12; the tokenizers read hidden states 3, 6 and 7).
+pub const MUSICFM_LAYERS: usize = 8;
+/// MusicFM conv front-end width (real: 512) and FFN width (real: 4096).
+pub const MUSICFM_CONV: usize = 4;
+pub const MUSICFM_FFN: usize = 4 * RVQ_DIM;
 
 const CODES: usize = 16384;
 const V_DESC: usize = 151_659;
@@ -160,6 +175,8 @@ pub fn write(dir: &Path, seed: u64) -> std::io::Result<TinyModel> {
         model_dir.clone(),
         runtime_dir.join("third_party/Qwen2-7B"),
         runtime_dir.join("ckpt/model_septoken"),
+        runtime_dir.join("ckpt/model_1rvq"),
+        runtime_dir.join("third_party/demucs/ckpt"),
         runtime_dir.join("ckpt/vae"),
         runtime_dir.join("tools"),
     ] {
@@ -184,10 +201,7 @@ pub fn write(dir: &Path, seed: u64) -> std::io::Result<TinyModel> {
             runtime_dir.join("third_party/Qwen2-7B").join(f),
         )?;
     }
-    save_safetensors(
-        flow_state_dict(&mut rng),
-        &runtime_dir.join("ckpt/model_septoken/model_2.safetensors"),
-    )?;
+    let mut septoken = flow_state_dict(&mut rng);
     let vae = vae_state_dict(&mut rng);
     torch_zip::save(
         &Value::Dict(vec![(
@@ -208,6 +222,33 @@ pub fn write(dir: &Path, seed: u64) -> std::io::Result<TinyModel> {
         &auto_prompt(&mut rng),
         &runtime_dir.join("tools/new_auto_prompt.pt"),
     )?;
+
+    // The prompt encoders, drawn after everything above so the LM, flow and VAE weights do
+    // not depend on them.
+    let buffers = prompt_buffers()?;
+    septoken.retain(|(name, _)| name != "rsq48tobestrq.kernel");
+    septoken.extend(musicfm_state_dict(&mut rng, &buffers, false));
+    save_safetensors(
+        septoken,
+        &runtime_dir.join("ckpt/model_septoken/model_2.safetensors"),
+    )?;
+    let mut mixed = musicfm_state_dict(&mut rng, &buffers, true);
+    mixed.extend(quantizer(&mut rng, "rvq_bestrq_emb", true));
+    save_safetensors(
+        mixed,
+        &runtime_dir.join("ckpt/model_1rvq/model_2_fixed.safetensors"),
+    )?;
+    let demucs_dir = runtime_dir.join("third_party/demucs/ckpt");
+    torch_zip::save(
+        &Value::OrderedDict(
+            demucs_state_dict()?
+                .into_iter()
+                .map(|(k, t)| (k, Value::Tensor(t)))
+                .collect(),
+        ),
+        &demucs_dir.join("htdemucs.pth"),
+    )?;
+    std::fs::write(demucs_dir.join("htdemucs.yaml"), "models: ['htdemucs']\n")?;
     Ok(TinyModel {
         model_dir,
         runtime_dir,
@@ -434,22 +475,8 @@ fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
         b.fill(format!("cfm_wrapper.mlp.{}.bias", 2 * i), &[out], 0.0, 0.02);
     }
     for rvq in ["rvq_bestrq_emb", "rvq_bestrq_bgm_emb"] {
-        let q = format!("{rvq}.quantizers.0");
-        let codebook = b.rng.uniform(CODES * 32, 1.0);
-        b.add(format!("{q}.codebook.weight"), &[CODES, 32], codebook, true);
-        b.weight_norm(&format!("{q}.in_proj"), &[32, RVQ_DIM, 1], Some(32), true);
-        b.weight_norm(
-            &format!("{q}.out_proj"),
-            &[RVQ_DIM, 32, 1],
-            Some(RVQ_DIM),
-            true,
-        );
-        b.add(
-            format!("{q}.stale_counter"),
-            &[CODES],
-            vec![0.0; CODES],
-            false,
-        );
+        let q = quantizer(b.rng, rvq, true);
+        b.tensors.extend(q);
     }
     b.fill("mask_emb.weight", &[3, 24], 0.0, 0.5);
     b.add(
@@ -481,6 +508,172 @@ fn flow_state_dict(rng: &mut Rng) -> Vec<(String, RawTensor)> {
         b.fill(format!("{name}.kernel"), &[1, 1, taps], 0.0, 0.1);
     }
     b.tensors
+}
+
+/// One-codebook quantizer `{rvq}.quantizers.0.*` of width `RVQ_DIM` (the reference's
+/// `ResidualVectorQuantize` with `n_codebooks=1`, `descript_quantize3.py`).
+fn quantizer(rng: &mut Rng, rvq: &str, half: bool) -> Vec<(String, RawTensor)> {
+    let mut b = Builder {
+        rng,
+        tensors: Vec::new(),
+    };
+    let q = format!("{rvq}.quantizers.0");
+    let codebook = b.rng.uniform(CODES * 32, 1.0);
+    b.add(format!("{q}.codebook.weight"), &[CODES, 32], codebook, half);
+    b.weight_norm(&format!("{q}.in_proj"), &[32, RVQ_DIM, 1], Some(32), half);
+    b.weight_norm(
+        &format!("{q}.out_proj"),
+        &[RVQ_DIM, 32, 1],
+        Some(RVQ_DIM),
+        half,
+    );
+    b.add(
+        format!("{q}.stale_counter"),
+        &[CODES],
+        vec![0.0; CODES],
+        false,
+    );
+    b.tensors
+}
+
+/// Tensors of a file of the prompt parity fixture, as raw F32 / I64 tensors.
+fn fixture_tensors(file: &str) -> std::io::Result<Vec<(String, RawTensor)>> {
+    let path = crate::fixture_dir("prompt").join("weights").join(file);
+    let map = candle_core::safetensors::load(&path, &Device::Cpu).map_err(std::io::Error::other)?;
+    let mut out: Vec<(String, RawTensor)> = map
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = t.dims().to_vec();
+            let raw = match t.dtype() {
+                DType::I64 => RawTensor::i64(&shape, &t.flatten_all()?.to_vec1::<i64>()?),
+                _ => RawTensor::f32(
+                    &shape,
+                    &t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                ),
+            };
+            Ok((name, raw))
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(std::io::Error::other)?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The computed (not learned) buffers of the prompt path: mel window and filterbank, and the
+/// 48 → 24 kHz resampling kernel.
+fn prompt_buffers() -> std::io::Result<Vec<(String, RawTensor)>> {
+    Ok(fixture_tensors("septoken.safetensors")?
+        .into_iter()
+        .filter(|(name, _)| {
+            name.contains("preprocessor_melspec_2048") || name == "rsq48tobestrq.kernel"
+        })
+        .collect())
+}
+
+/// HTDemucs in the prompt fixture's tiny topology (its weights).
+fn demucs_state_dict() -> std::io::Result<Vec<(String, RawTensor)>> {
+    fixture_tensors("demucs.safetensors")
+}
+
+/// MusicFM-25Hz under `bestrq.model.` (the reference's `MusicFM25Hz` with HF's
+/// `Wav2Vec2ConformerEncoder`) at the tiny widths, with the resampling
+/// kernel and mel buffers; stored F16 (as `model_2_fixed.safetensors` is) when `half`.
+fn musicfm_state_dict(
+    rng: &mut Rng,
+    buffers: &[(String, RawTensor)],
+    half: bool,
+) -> Vec<(String, RawTensor)> {
+    let (h, c, f) = (RVQ_DIM, MUSICFM_CONV, MUSICFM_FFN);
+    let mut b = Builder {
+        rng,
+        tensors: Vec::new(),
+    };
+    let m = "bestrq.model";
+    let batch_norm = |b: &mut Builder, p: &str, ch: usize| {
+        b.fill(format!("{p}.weight"), &[ch], 1.0, 0.1);
+        b.fill(format!("{p}.bias"), &[ch], 0.0, 0.05);
+        b.fill(format!("{p}.running_mean"), &[ch], 0.0, 0.05);
+        b.fill(format!("{p}.running_var"), &[ch], 1.0, 0.2);
+        b.tensors.push((
+            format!("{p}.num_batches_tracked"),
+            RawTensor::i64(&[], &[1000]),
+        ));
+    };
+    for (i, cin) in [(0, 1), (1, c)] {
+        let p = format!("{m}.conv.conv.{i}");
+        for (conv, inp) in [("conv1", cin), ("conv2", c), ("conv3", cin)] {
+            b.weight(format!("{p}.{conv}.weight"), &[c, inp, 3, 3]);
+            b.fill(format!("{p}.{conv}.bias"), &[c], 0.0, 0.02);
+        }
+        for bn in ["bn1", "bn2", "bn3"] {
+            batch_norm(&mut b, &format!("{p}.{bn}"), c);
+        }
+    }
+    b.weight(format!("{m}.conv.linear.weight"), &[h, c * 32]);
+    b.fill(format!("{m}.conv.linear.bias"), &[h], 0.0, 0.02);
+    let layer_norm = |b: &mut Builder, p: &str| {
+        b.fill(format!("{p}.weight"), &[h], 1.0, 0.1);
+        b.fill(format!("{p}.bias"), &[h], 0.0, 0.02);
+    };
+    for i in 0..MUSICFM_LAYERS {
+        let p = format!("{m}.conformer.layers.{i}");
+        for ffn in ["ffn1", "ffn2"] {
+            b.weight(format!("{p}.{ffn}.intermediate_dense.weight"), &[f, h]);
+            b.fill(
+                format!("{p}.{ffn}.intermediate_dense.bias"),
+                &[f],
+                0.0,
+                0.02,
+            );
+            b.weight(format!("{p}.{ffn}.output_dense.weight"), &[h, f]);
+            b.fill(format!("{p}.{ffn}.output_dense.bias"), &[h], 0.0, 0.02);
+        }
+        for ln in [
+            "ffn1_layer_norm",
+            "self_attn_layer_norm",
+            "ffn2_layer_norm",
+            "final_layer_norm",
+            "conv_module.layer_norm",
+        ] {
+            layer_norm(&mut b, &format!("{p}.{ln}"));
+        }
+        for proj in ["q", "k", "v", "out"] {
+            b.weight(format!("{p}.self_attn.linear_{proj}.weight"), &[h, h]);
+            b.fill(format!("{p}.self_attn.linear_{proj}.bias"), &[h], 0.0, 0.02);
+        }
+        let cm = format!("{p}.conv_module");
+        b.weight(format!("{cm}.pointwise_conv1.weight"), &[2 * h, h, 1]);
+        b.weight(format!("{cm}.depthwise_conv.weight"), &[h, 1, 31]);
+        batch_norm(&mut b, &format!("{cm}.batch_norm"), h);
+        b.weight(format!("{cm}.pointwise_conv2.weight"), &[h, h, 1]);
+    }
+    layer_norm(&mut b, &format!("{m}.conformer.layer_norm"));
+    // One head as wide as the encoder: the rotary table is half a head wide.
+    let inv_freq: Vec<f32> = (0..h / 2)
+        .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / h as f32))
+        .collect();
+    b.add(
+        format!("{m}.conformer.embed_positions.inv_freq"),
+        &[h / 2],
+        inv_freq,
+        false,
+    );
+    b.fill(format!("{m}.cls_token"), &[h], 0.0, 0.5);
+    let mut tensors = b.tensors;
+    if half {
+        for (_, t) in tensors.iter_mut() {
+            if t.dtype == torch_zip::Dtype::F32 {
+                let v: Vec<f32> = t
+                    .bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                *t = RawTensor::f16(&t.shape, &v);
+            }
+        }
+    }
+    tensors.extend(buffers.iter().cloned());
+    tensors
 }
 
 /// The VAE checkpoint: Oobleck encoder and decoder with weight norm unfolded.

@@ -40,12 +40,10 @@ fn checkpoints_match_the_fixture_layouts() {
         .into_iter()
         .filter(|n| !deep_blocks.iter().any(|b| n.starts_with(b)))
         .collect();
-    let flow = shapes(
-        &tiny
-            .runtime_dir
-            .join("ckpt/model_septoken/model_2.safetensors"),
-        &[],
-    );
+    let septoken = tiny
+        .runtime_dir
+        .join("ckpt/model_septoken/model_2.safetensors");
+    let flow = shapes(&septoken, &["bestrq."]);
     assert_eq!(
         flow["cfm_wrapper.estimator.wpe.weight"],
         [1000, tiny_model::FLOW_WIDTH]
@@ -76,6 +74,39 @@ fn checkpoints_match_the_fixture_layouts() {
     assert_eq!(
         ours["model"]["decoder"]["config"]["channels"],
         tiny_model::VAE_CHANNELS
+    );
+    // The prompt encoders have the prompt fixture's names (its MusicFM is as deep), at the
+    // tiny widths; HTDemucs is the fixture's.
+    let prompt = fixture_dir("prompt").join("weights");
+    let bestrq = |path: &Path| {
+        names(shapes(path, &[]))
+            .into_iter()
+            .filter(|n| n.starts_with("bestrq.") || n.starts_with("rsq48tobestrq"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bestrq(&septoken),
+        bestrq(&prompt.join("septoken.safetensors"))
+    );
+    let mixed = tiny
+        .runtime_dir
+        .join("ckpt/model_1rvq/model_2_fixed.safetensors");
+    assert_eq!(
+        names(shapes(&mixed, &[])),
+        names(shapes(&prompt.join("musicfm_mixed.safetensors"), &[]))
+    );
+    assert_eq!(
+        shapes(&mixed, &[])["bestrq.model.conv.linear.weight"],
+        [tiny_model::RVQ_DIM, 32 * tiny_model::MUSICFM_CONV]
+    );
+    assert_eq!(
+        shapes(
+            &tiny
+                .runtime_dir
+                .join("third_party/demucs/ckpt/htdemucs.pth"),
+            &[]
+        ),
+        shapes(&prompt.join("demucs.safetensors"), &[])
     );
     // Every tensor reads back with finite values.
     let lm = WeightFile::open(tiny.model_dir.join("model.pt")).unwrap();
@@ -109,6 +140,7 @@ fn the_same_seed_writes_identical_files() {
     for rel in [
         "songgeneration_v2_tiny/model.pt",
         "runtime/ckpt/model_septoken/model_2.safetensors",
+        "runtime/ckpt/model_1rvq/model_2_fixed.safetensors",
         "runtime/ckpt/vae/autoencoder_music_1320k.ckpt",
         "runtime/tools/new_auto_prompt.pt",
     ] {

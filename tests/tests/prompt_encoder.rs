@@ -222,3 +222,55 @@ fn unusable_input_is_a_clear_error_and_cancelling_stops() {
     assert!(err.downcast_ref::<Cancelled>().is_some(), "{err:#}");
     assert_eq!(calls, 1);
 }
+
+#[test]
+fn separating_a_prefix_equals_the_start_of_separating_everything() {
+    use songgen_engine::demucs::apply::ApplyOptions;
+    use songgen_engine::demucs::HtDemucs;
+    use songgen_engine::weights::WeightFile;
+    let dir = songgen_tests::fixture_dir("prompt");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg: HtDemucsConfig =
+        serde_json::from_value(m["config"]["demucs"]["tiny_kwargs"].clone()).unwrap();
+    let vb = WeightFile::open(dir.join("weights/demucs.safetensors"))
+        .unwrap()
+        .var_builder(candle_core::DType::F32, &Device::Cpu);
+    let demucs = HtDemucs::load(&cfg, vb).unwrap();
+    let rows = clip(12.0, 44_100, 2, 0.5);
+    let len = rows[0].len();
+    let mix = Tensor::from_vec(rows.concat(), (2, len), &Device::Cpu).unwrap();
+    let opts = ApplyOptions {
+        shift_offset: 5000,
+        overlap: 0.25,
+    };
+    let keep = 5 * 44_100;
+    let (mut whole_calls, mut prefix_calls) = (0, 0);
+    let whole = demucs
+        .apply(&mix, opts, &mut |_, _| {
+            whole_calls += 1;
+            Ok(())
+        })
+        .unwrap();
+    let prefix = demucs
+        .apply_prefix(&mix, opts, keep, &mut |_, _| {
+            prefix_calls += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(prefix.dims(), &[4, 2, keep]);
+    assert_eq!((whole_calls, prefix_calls), (3, 1));
+    assert_eq!(demucs.chunks(len, opts), 3);
+    assert_eq!(demucs.chunks_prefix(len, keep, opts), 1);
+    let diff = (whole.narrow(2, 0, keep).unwrap() - &prefix)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}

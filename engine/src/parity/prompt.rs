@@ -283,6 +283,7 @@ impl PromptSuite {
             stem_index: param(case, "stem_index")?,
             target_sample_rate: param(case, "target_sample_rate")?,
             max_samples: param(case, "max_samples")?,
+            prefix_only: false,
         };
         let vocal44 = vocal_stem(&model, &mix44, &opts, &mut |_, _| Ok(()))?;
         let (vocal, bgm, _) = prompt_pair(&vocal44, demucs_rate, audio, file_rate, &opts)?;

@@ -41,7 +41,7 @@ impl Default for TokenizerConfig {
 }
 
 /// VQ sizes (`config.vq`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct VqConfig {
     pub codebook_size: usize,
     pub codebook_dim: usize,
@@ -52,6 +52,21 @@ impl Default for VqConfig {
         Self {
             codebook_size: 16384,
             codebook_dim: 32,
+        }
+    }
+}
+
+impl VqConfig {
+    /// The sizes of the quantizer `rvq` (e.g. `rvq_bestrq_emb`) as a checkpoint stores them.
+    pub fn from_shapes(shape: &dyn Fn(&str) -> Option<Vec<usize>>, rvq: &str) -> Result<Self> {
+        let name = format!("{rvq}.quantizers.0.codebook.weight");
+        match shape(&name).as_deref() {
+            Some(&[codebook_size, codebook_dim]) => Ok(Self {
+                codebook_size,
+                codebook_dim,
+            }),
+            Some(other) => anyhow::bail!("`{name}` has shape {other:?}, expected [codes, dim]"),
+            None => anyhow::bail!("missing tensor `{name}` (no quantizer `{rvq}` in this file?)"),
         }
     }
 }

@@ -46,6 +46,11 @@ use crate::protocol::GenType;
 use crate::render::vae::VaeConfig;
 use crate::render::{PromptSet, RenderPrompt};
 
+/// A checkpoint's stored shapes, as the `from_shapes` size readers take them.
+fn shapes(file: &WeightFile) -> impl Fn(&str) -> Option<Vec<usize>> + '_ {
+    move |name| file.shape(name).map(<[usize]>::to_vec)
+}
+
 /// The released LM's filler id for "no prompt" frames (its `special_id()`: 16384 codes + 1).
 /// Other LMs set [`PromptConfig::pad_token`] from their own config.
 const RELEASED_PAD_TOKEN: i64 = 16385;
@@ -88,6 +93,44 @@ impl PromptConfig {
             prompt_seconds: 10,
             pad_token: RELEASED_PAD_TOKEN,
         }
+    }
+
+    /// The released prompt path with the sizes its checkpoints state (as [`Renderer::load`]
+    /// does for the flow): HTDemucs from its state dict ([`HtDemucsConfig::from_shapes`]),
+    /// MusicFM and the quantizers from the two tokenizer files
+    /// ([`MusicFmConfig::from_shapes`], [`VqConfig::from_shapes`]); the VAE encoder's sizes
+    /// come from its json (`vae`). Released checkpoints give exactly [`Self::real`].
+    ///
+    /// [`Renderer::load`]: crate::render::Renderer::load
+    pub fn from_checkpoints(
+        demucs: &WeightFile,
+        mixed: &WeightFile,
+        septoken: &WeightFile,
+        vae: VaeConfig,
+    ) -> Result<Self> {
+        let mut cfg = Self::real(vae);
+        cfg.demucs = HtDemucsConfig::from_shapes(&shapes(demucs)).with_context(|| {
+            format!("reading the HTDemucs sizes of {}", demucs.path().display())
+        })?;
+        let musicfm = |f: &WeightFile| {
+            MusicFmConfig::from_shapes(&shapes(f), "bestrq.model")
+                .with_context(|| format!("reading the MusicFM sizes of {}", f.path().display()))
+        };
+        cfg.musicfm = musicfm(mixed)?;
+        let sep = musicfm(septoken)?;
+        ensure!(
+            sep == cfg.musicfm,
+            "the MusicFM encoders of {} and {} differ in size ({:?} vs {:?}); both tokenizers \
+             must come from the same release",
+            mixed.path().display(),
+            septoken.path().display(),
+            cfg.musicfm.conformer(),
+            sep.conformer()
+        );
+        cfg.vq = VqConfig::from_shapes(&shapes(mixed), &cfg.mixed.rvq).with_context(|| {
+            format!("reading the quantizer sizes of {}", mixed.path().display())
+        })?;
+        Ok(cfg)
     }
 
     /// LM prompt length in frames (`prompt_len · 25` = 250).
@@ -210,7 +253,8 @@ fn open(path: &Path, what: &str, device: &Device) -> Result<candle_nn::VarBuilde
 }
 
 impl PromptEncoder {
-    /// Loads the released prompt models of `paths` (the VAE config from its json when present).
+    /// Loads the prompt models of `paths`, sized by their checkpoints
+    /// ([`PromptConfig::from_checkpoints`]; the VAE config from its json when present).
     pub fn load(paths: &ModelPaths, device: &Device) -> Result<Self> {
         let vae_json = paths.vae_config();
         let vae = if vae_json.is_file() {
@@ -218,11 +262,17 @@ impl PromptEncoder {
         } else {
             VaeConfig::default()
         };
-        Self::from_files(
-            &PromptFiles::from_paths(paths),
-            &PromptConfig::real(vae),
-            device,
-        )
+        let files = PromptFiles::from_paths(paths);
+        let open = |path: &Path, what: &str| {
+            WeightFile::open(path).with_context(|| format!("loading the {what}"))
+        };
+        let cfg = PromptConfig::from_checkpoints(
+            &open(&files.demucs, "HTDemucs model")?,
+            &open(&files.mixed_tokenizer, "mixed tokenizer")?,
+            &open(&files.septoken, "separate tokenizer")?,
+            vae,
+        )?;
+        Self::from_files(&files, &cfg, device)
     }
 
     pub fn from_files(files: &PromptFiles, cfg: &PromptConfig, device: &Device) -> Result<Self> {
@@ -352,6 +402,7 @@ impl PromptEncoder {
             stem_index: self.cfg.vocal_stem,
             target_sample_rate: self.cfg.tokenizer.sample_rate,
             max_samples: self.cfg.max_samples(),
+            prefix_only: true,
         };
         let demucs_rate = self.cfg.demucs.samplerate as u32;
         let target = self.cfg.tokenizer.sample_rate;
@@ -361,7 +412,8 @@ impl PromptEncoder {
             .output_len(len44)
             .min(Resampler::new(sample_rate, target, &self.device)?.output_len(len))
             .min(self.cfg.max_samples());
-        let demucs_calls = self.demucs.chunks(len44, opts.apply);
+        let keep44 = opts.separated_len(len44, demucs_rate, &self.device)?;
+        let demucs_calls = self.demucs.chunks_prefix(len44, keep44, opts.apply);
         let separate_passes = self.separate.segments(len48, len48);
         let token_passes = self.mixed.segments(len48) + separate_passes;
         // Each stem prompt: one separate-tokenizer pass and one VAE encode.
@@ -473,12 +525,25 @@ pub fn fit_tokens(codes: &Tensor, frames: usize, pad: i64) -> Result<Tensor> {
     }
 }
 
-/// Shortest prompt accepted: 0.1 s (Demucs needs a spread of samples to normalise, and shorter
-/// "clips" are almost certainly not music).
-const MIN_SECONDS: f64 = 0.1;
+/// Shortest prompt accepted: 1 s. The reference takes any length (shorter clips are tiled by
+/// the tokenizers), but under a second there is no style to transfer — 25 token frames, the
+/// rest of the 250 padding — so such a clip is almost certainly a mistake (an empty capture, a
+/// click).
+pub const MIN_SECONDS: f64 = 1.0;
 
-/// Checks a clip and returns it as stereo `[2, L]` F32: mono is duplicated, channels beyond two
-/// are dropped; empty, ragged, non-finite, too short or silent input is an error.
+/// How much of a clip is read: its first 30 s. The reference uses the first 10 s (its
+/// `Separator` keeps 480,000 samples at 48 kHz); HTDemucs' overlapping chunks reach about 14 s
+/// of input for those, and the rest only feeds the mix's normalisation statistics, which the
+/// reference takes over the whole file and this cap over the first 30 s. So a 10-minute file
+/// costs what a 30 s one does, and files up to 30 s are handled exactly like the reference.
+pub const READ_SECONDS: f64 = 30.0;
+
+/// Peak-to-peak level under which a clip counts as silent: half a 16-bit step (−96 dBFS).
+const SILENCE: f32 = 1.0 / 65536.0;
+
+/// Checks a clip and returns its first [`READ_SECONDS`] as stereo `[2, L]` F32: mono is
+/// duplicated, channels beyond two are dropped; empty, ragged, non-finite, too short or silent
+/// input is an error.
 pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> Result<Tensor> {
     ensure!(!audio.is_empty(), "the prompt audio has no channels");
     ensure!(
@@ -496,11 +561,13 @@ pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> R
     let seconds = len as f64 / sample_rate as f64;
     ensure!(
         seconds >= MIN_SECONDS,
-        "the prompt audio is {seconds:.3} s long; at least {MIN_SECONDS} s is needed"
+        "the prompt audio is {seconds:.2} s long; at least {MIN_SECONDS} s is needed (the \
+         reference uses the first 10 s; a chorus works best)"
     );
-    let chans: Vec<&Vec<f32>> = match audio.len() {
-        1 => vec![&audio[0], &audio[0]],
-        _ => vec![&audio[0], &audio[1]],
+    let len = len.min((READ_SECONDS * sample_rate as f64) as usize);
+    let chans: Vec<&[f32]> = match audio.len() {
+        1 => vec![&audio[0][..len], &audio[0][..len]],
+        _ => vec![&audio[0][..len], &audio[1][..len]],
     };
     for (i, c) in chans.iter().enumerate() {
         if let Some(pos) = c.iter().position(|v| !v.is_finite()) {
@@ -509,10 +576,16 @@ pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> R
             );
         }
     }
-    let first = chans[0][0];
+    let (lo, hi) = chans
+        .iter()
+        .flat_map(|c| c.iter())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     ensure!(
-        chans.iter().any(|c| c.iter().any(|&v| v != first)),
-        "the prompt audio is silent (every sample is {first}); give a clip with music in it"
+        hi - lo >= SILENCE,
+        "the prompt audio is silent (its level stays below −96 dBFS); give a clip with music \
+         in it"
     );
     let data: Vec<f32> = chans.iter().flat_map(|c| c.iter().copied()).collect();
     Ok(Tensor::from_vec(data, (2, len), device)?)
@@ -521,6 +594,8 @@ pub fn validate_clip(audio: &[Vec<f32>], sample_rate: u32, device: &Device) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prompt::demucs::HtDemucs;
+    use crate::prompt::musicfm::MusicFm;
 
     #[test]
     fn tokens_are_cut_or_padded_to_the_prompt_length() {
@@ -544,17 +619,96 @@ mod tests {
         send_sync::<crate::prompt::auto_prompt::AutoPromptLibrary>();
     }
 
+    /// A weight source that hands out zero views of whatever shape a loader asks for and
+    /// records the names and shapes: the state dict a loader expects at some config.
+    type Shapes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>>;
+    #[derive(Default, Clone)]
+    struct Recorder(Shapes);
+
+    impl candle_nn::var_builder::SimpleBackend for Recorder {
+        fn get(
+            &self,
+            shape: candle_core::Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), shape.dims().to_vec());
+            Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("{name}: shape unknown")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn record(
+        load: impl FnOnce(candle_nn::VarBuilder<'static>),
+    ) -> impl Fn(&str) -> Option<Vec<usize>> {
+        let rec = Recorder::default();
+        load(candle_nn::VarBuilder::from_backend(
+            Box::new(rec.clone()),
+            DType::F32,
+            Device::Cpu,
+        ));
+        let map = rec.0.lock().unwrap().clone();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn released_widths_are_read_back_from_their_state_dicts() {
+        let real = HtDemucsConfig::real();
+        let shapes = record(|vb| {
+            HtDemucs::load(&real, vb).unwrap();
+        });
+        assert_eq!(HtDemucsConfig::from_shapes(&shapes).unwrap(), real);
+
+        let real = MusicFmConfig::real();
+        let shapes = record(|vb| {
+            // Every layer, plus the rotary table of the released head width.
+            MusicFm::load(&real, real.encoder_depth, vb.pp("bestrq.model")).unwrap();
+        });
+        assert_eq!(
+            shapes("bestrq.model.conformer.embed_positions.inv_freq"),
+            Some(vec![32])
+        );
+        assert_eq!(
+            MusicFmConfig::from_shapes(&shapes, "bestrq.model").unwrap(),
+            real
+        );
+
+        let shapes = record(|vb| {
+            let (v, b) = SeparateTokenizer::real_streams();
+            let cfg = PromptConfig::real(VaeConfig::default());
+            SeparateTokenizer::load(&cfg.tokenizer, &cfg.musicfm, &cfg.vq, &v, &b, vb).unwrap();
+        });
+        assert_eq!(
+            VqConfig::from_shapes(&shapes, "rvq_bestrq_bgm_emb").unwrap(),
+            VqConfig::default()
+        );
+        let err = VqConfig::from_shapes(&shapes, "rvq_other").unwrap_err();
+        assert!(err.to_string().contains("rvq_other"), "{err}");
+    }
+
     #[test]
     fn clips_become_stereo() {
         let dev = Device::Cpu;
-        let mono = vec![(0..4800)
+        let mono = vec![(0..48_000)
             .map(|i| (i as f32 * 0.01).sin())
             .collect::<Vec<_>>()];
         let t = validate_clip(&mono, 48_000, &dev).unwrap();
-        assert_eq!(t.dims(), &[2, 4800]);
+        assert_eq!(t.dims(), &[2, 48_000]);
         let rows = t.to_vec2::<f32>().unwrap();
         assert_eq!(rows[0], rows[1]);
-        let quad: Vec<Vec<f32>> = (0..4).map(|c| vec![c as f32 * 0.1 + 0.05; 4800]).collect();
+        let quad: Vec<Vec<f32>> = (0..4)
+            .map(|c| vec![c as f32 * 0.1 + 0.05; 48_000])
+            .collect();
         let mut quad = quad;
         quad[0][7] = 0.5;
         let rows = validate_clip(&quad, 48_000, &dev)

@@ -106,6 +106,12 @@ impl Resampler {
         (len * self.new).div_ceil(self.orig)
     }
 
+    /// Input samples that determine the first `outputs` output samples: resampling only that
+    /// many gives those outputs exactly (later input samples never reach them).
+    pub fn input_needed(&self, outputs: usize) -> usize {
+        outputs.div_ceil(self.new) * self.orig + self.width + self.orig
+    }
+
     /// Resamples `x` `[..., L]` along its last axis.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let Some(kernel) = &self.kernel else {

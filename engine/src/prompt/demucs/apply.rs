@@ -49,8 +49,23 @@ impl HtDemucs {
         opts: ApplyOptions,
         on_chunk: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<Tensor> {
+        self.apply_prefix(mix, opts, usize::MAX, on_chunk)
+    }
+
+    /// [`Self::apply`] for the first `keep` samples only `[S, C, min(keep, L)]`: just the
+    /// model calls whose chunks reach them run, and the result equals the first `keep`
+    /// samples of a whole-clip [`Self::apply`] (every chunk that covers a sample starts at or
+    /// before it).
+    pub fn apply_prefix(
+        &self,
+        mix: &Tensor,
+        opts: ApplyOptions,
+        keep: usize,
+        on_chunk: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Tensor> {
         let (c, length) = mix.dims2()?;
         ensure!(length > 0, "cannot separate an empty clip");
+        let keep = keep.min(length);
         let max_shift = self.config().samplerate / 2;
         ensure!(
             opts.shift_offset <= max_shift,
@@ -71,7 +86,11 @@ impl HtDemucs {
         let stride = ((1.0 - opts.overlap) * seg as f64) as usize;
         ensure!(stride > 0, "overlap {} leaves no stride", opts.overlap);
         let weight = transition_weight(seg);
-        let offsets: Vec<usize> = (0..shifted_len).step_by(stride).collect();
+        let keep_from = max_shift - base;
+        let offsets: Vec<usize> = (0..shifted_len)
+            .step_by(stride)
+            .take_while(|&o| o < keep_from + keep)
+            .collect();
         let mut out = vec![0f32; s * c * shifted_len];
         let mut sum_weight = vec![0f32; shifted_len];
         for (n, &offset) in offsets.iter().enumerate() {
@@ -100,25 +119,32 @@ impl HtDemucs {
             }
             on_chunk(n + 1, offsets.len())?;
         }
-        let keep_from = max_shift - base;
-        let mut result = Vec::with_capacity(s * c * length);
+        let mut result = Vec::with_capacity(s * c * keep);
         for row in out.chunks(shifted_len) {
             result.extend(
-                row[keep_from..keep_from + length]
+                row[keep_from..keep_from + keep]
                     .iter()
-                    .zip(&sum_weight[keep_from..keep_from + length])
+                    .zip(&sum_weight[keep_from..keep_from + keep])
                     .map(|(v, w)| v / w),
             );
         }
-        Ok(Tensor::from_vec(result, (s, c, length), mix.device())?)
+        Ok(Tensor::from_vec(result, (s, c, keep), mix.device())?)
     }
 
     /// Number of model calls [`Self::apply`] makes for `length` samples.
     pub fn chunks(&self, length: usize, opts: ApplyOptions) -> usize {
+        self.chunks_prefix(length, usize::MAX, opts)
+    }
+
+    /// Number of model calls [`Self::apply_prefix`] makes for the first `keep` of `length`
+    /// samples.
+    pub fn chunks_prefix(&self, length: usize, keep: usize, opts: ApplyOptions) -> usize {
         let max_shift = self.config().samplerate / 2;
-        let shifted = length + max_shift - opts.shift_offset.min(max_shift);
+        let keep_from = max_shift - opts.shift_offset.min(max_shift);
+        let shifted = length + keep_from;
+        let reach = shifted.min(keep_from.saturating_add(keep.min(length)));
         let stride = (((1.0 - opts.overlap) * self.training_length() as f64) as usize).max(1);
-        shifted.div_ceil(stride)
+        reach.div_ceil(stride)
     }
 }
 
@@ -131,11 +157,33 @@ pub struct SeparateOptions {
     /// Output rate and the number of samples kept (48 kHz, 10 s).
     pub target_sample_rate: u32,
     pub max_samples: usize,
+    /// Separate only the 44.1 kHz samples that reach the first `max_samples` output samples
+    /// (the reference separates the whole file and then keeps 10 s of it). The stem's
+    /// clipping guard then sees only that part (see [`vocal_stem`]).
+    pub prefix_only: bool,
+}
+
+impl SeparateOptions {
+    /// Samples of a 44.1 kHz (`rate`) clip of `len` samples that are separated.
+    pub fn separated_len(
+        &self,
+        len: usize,
+        rate: u32,
+        device: &candle_core::Device,
+    ) -> Result<usize> {
+        if !self.prefix_only {
+            return Ok(len);
+        }
+        let to48 = Resampler::new(rate, self.target_sample_rate, device)?;
+        Ok(to48.input_needed(self.max_samples).min(len))
+    }
 }
 
 /// The vocal stem of a 44.1 kHz clip `[C, L]` as the reference writes it to disk: mix
 /// normalised by its mono mean/std, separated, de-normalised, rescaled to avoid clipping
-/// (`x / max(1.01·peak, 1)`) and quantised to 16-bit (round half to even).
+/// (`x / max(1.01·peak, 1)`) and quantised to 16-bit (round half to even). With
+/// `prefix_only` the stem is `[C, separated_len]`, and its peak (hence the rescale, which
+/// only acts on a stem peaking above 0.99) is that part's.
 pub fn vocal_stem(
     model: &HtDemucs,
     mix44: &Tensor,
@@ -158,8 +206,9 @@ pub fn vocal_stem(
         std > 0.0 && std.is_finite(),
         "the prompt is silent (or constant): nothing to separate"
     );
+    let keep = opts.separated_len(len, model.config().samplerate as u32, mix44.device())?;
     let wav = ((mix44 - mean as f64)? / std as f64)?;
-    let stems = model.apply(&wav, opts.apply, on_chunk)?;
+    let stems = model.apply_prefix(&wav, opts.apply, keep, on_chunk)?;
     let vocal = stems
         .get(opts.stem_index)
         .context("vocal stem index out of range")?;
@@ -194,7 +243,11 @@ pub fn prompt_pair(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dev = full.device();
     let to48 = |x: &Tensor, rate: u32| -> Result<Tensor> {
-        let y = Resampler::new(rate, opts.target_sample_rate, dev)?.apply(x)?;
+        let r = Resampler::new(rate, opts.target_sample_rate, dev)?;
+        // Only the input that reaches the kept samples (exact, and bounded for long files).
+        let len = x.dim(1)?;
+        let x = x.narrow(1, 0, r.input_needed(opts.max_samples).min(len))?;
+        let y = r.apply(&x)?;
         let n = y.dim(1)?.min(opts.max_samples);
         Ok(y.narrow(1, 0, n)?)
     };

@@ -19,7 +19,7 @@ use transformer::{CrossTransformer, TransformerConfig};
 
 /// The `HTDemucs` constructor kwargs that matter at inference (`states.py` for the real model,
 /// `config.demucs.tiny_kwargs` in the fixtures). Unsupported variants are rejected at load.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct HtDemucsConfig {
     pub sources: Vec<String>,
     pub audio_channels: usize,
@@ -115,6 +115,94 @@ impl HtDemucsConfig {
             t_sparse_self_attn: false,
             t_sparse_cross_attn: false,
         }
+    }
+
+    /// The released topology with the sizes a checkpoint states: base channels, kernel, growth,
+    /// depth, encoder/decoder contexts, DConv compression and depth (and which side has one),
+    /// bottom channels, transformer depth and FFN width, and the number of sources. `shape`
+    /// gives a stored tensor's shape. Not visible in the weights and kept as released: the
+    /// stride (4), the FFT size (4096, checked against the frequency embedding), the sample
+    /// rate and segment; the transformer's head count is `bottom_channels / 64` (the release's
+    /// head width; 8 heads for 512 channels), at least 1.
+    pub fn from_shapes(shape: &dyn Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+        let mut cfg = Self::real();
+        let need = |name: &str| -> Result<Vec<usize>> {
+            shape(name)
+                .with_context(|| format!("missing tensor `{name}` (not an HTDemucs state dict?)"))
+        };
+        let conv = need("encoder.0.conv.weight")?;
+        ensure!(
+            conv.len() == 4,
+            "`encoder.0.conv.weight` has shape {conv:?}, expected 4 dims"
+        );
+        cfg.channels = conv[0];
+        cfg.kernel_size = conv[2];
+        cfg.depth = (0..)
+            .take_while(|i| shape(&format!("encoder.{i}.conv.weight")).is_some())
+            .count();
+        if cfg.depth > 1 {
+            let next = need("encoder.1.conv.weight")?[0];
+            ensure!(
+                next % cfg.channels == 0,
+                "`encoder.1.conv.weight` has {next} channels, not a multiple of {}",
+                cfg.channels
+            );
+            cfg.growth = next / cfg.channels;
+        }
+        let context = |name: &str| -> Result<usize> { Ok((need(name)?[2].max(1) - 1) / 2) };
+        cfg.context_enc = context("encoder.0.rewrite.weight")?;
+        cfg.context = context("decoder.0.rewrite.weight")?;
+        let enc_dconv = shape("encoder.0.dconv.layers.0.0.weight");
+        let dec_dconv = shape("decoder.0.dconv.layers.0.0.weight");
+        cfg.dconv_mode = usize::from(enc_dconv.is_some()) | (usize::from(dec_dconv.is_some()) << 1);
+        if let Some(d) = &enc_dconv {
+            ensure!(
+                d[0] > 0 && d[1] % d[0] == 0,
+                "DConv of shape {d:?}: width not a multiple of its hidden width"
+            );
+            cfg.dconv_comp = d[1] / d[0];
+            cfg.dconv_depth = (0..)
+                .take_while(|i| shape(&format!("encoder.0.dconv.layers.{i}.0.weight")).is_some())
+                .count();
+        }
+        cfg.bottom_channels = need("channel_upsampler.weight")?[0];
+        cfg.t_layers = (0..)
+            .take_while(|i| shape(&format!("crosstransformer.layers.{i}.linear1.weight")).is_some())
+            .count();
+        let hidden = need("crosstransformer.layers.0.linear1.weight")?[0];
+        cfg.t_hidden_scale = hidden as f64 / cfg.bottom_channels as f64;
+        cfg.t_heads = (cfg.bottom_channels / 64).max(1);
+        // The outermost time decoder (the last one, as in the reference's list) outputs
+        // sources × channels.
+        let last = format!("tdecoder.{}.conv_tr.weight", cfg.depth.saturating_sub(1));
+        let out = need(&last)?;
+        ensure!(
+            out.len() == 3 && out[1] % cfg.audio_channels == 0,
+            "`{last}` has shape {out:?}, expected [C, sources·{}, K]",
+            cfg.audio_channels
+        );
+        let sources = out[1] / cfg.audio_channels;
+        ensure!(
+            sources == cfg.sources.len(),
+            "the HTDemucs checkpoint separates {sources} sources; the prompt path needs the \
+             released four (drums, bass, other, vocal)"
+        );
+        if let Some(emb) = shape("freq_emb.embedding.weight") {
+            cfg.freq_emb = Self::real().freq_emb;
+            ensure!(
+                emb[0] == cfg.nfft / 2 / cfg.stride,
+                "`freq_emb.embedding.weight` has {} rows; the released FFT size {} and stride {} \
+                 give {}",
+                emb[0],
+                cfg.nfft,
+                cfg.stride,
+                cfg.nfft / 2 / cfg.stride
+            );
+        } else {
+            cfg.freq_emb = 0.0;
+        }
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// `int(segment · samplerate)`: the fixed input length of one model call.

@@ -14,7 +14,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 use serde::Deserialize;
 
 /// Front-end constants (`config.musicfm.mel` of the fixtures; the real model uses the same).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MelConfig {
     pub n_fft: usize,
     pub hop_length: usize,

@@ -18,7 +18,7 @@ use mel::{MelConfig, MelFrontend};
 use subsampling::ConvSubsampling;
 
 /// Model sizes, under the fixture manifest's key names (`config.musicfm`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MusicFmConfig {
     pub conv_dim: usize,
     pub encoder_dim: usize,
@@ -51,6 +51,47 @@ impl MusicFmConfig {
             input_multiple: 960,
             mel: MelConfig::default(),
         }
+    }
+
+    /// The released MusicFM with the sizes a checkpoint states under `prefix` (`bestrq.model`):
+    /// conv width, encoder width and depth, FFN width and depthwise kernel. The head count
+    /// comes from the stored rotary table (`embed_positions.inv_freq`, half a head wide), else
+    /// the release's head width of 64. `shape` gives a stored tensor's shape.
+    pub fn from_shapes(shape: &dyn Fn(&str) -> Option<Vec<usize>>, prefix: &str) -> Result<Self> {
+        let mut cfg = Self::real();
+        let need = |name: &str| -> Result<Vec<usize>> {
+            let full = format!("{prefix}.{name}");
+            shape(&full).with_context(|| {
+                format!("missing tensor `{full}` (no MusicFM encoder in this file?)")
+            })
+        };
+        cfg.conv_dim = need("conv.conv.0.conv1.weight")?[0];
+        cfg.encoder_dim = need("conv.linear.weight")?[0];
+        let layer = "conformer.layers.0";
+        cfg.intermediate_size = need(&format!("{layer}.ffn1.intermediate_dense.weight"))?[0];
+        cfg.conv_depthwise_kernel_size =
+            *need(&format!("{layer}.conv_module.depthwise_conv.weight"))?
+                .last()
+                .context("depthwise conv weight without dims")?;
+        cfg.encoder_depth = (0..)
+            .take_while(|i| {
+                shape(&format!(
+                    "{prefix}.conformer.layers.{i}.ffn1.intermediate_dense.weight"
+                ))
+                .is_some()
+            })
+            .count();
+        let head_dim = match shape(&format!("{prefix}.conformer.embed_positions.inv_freq")) {
+            Some(f) if !f.is_empty() && f[0] > 0 => 2 * f[0],
+            _ => 64.min(cfg.encoder_dim),
+        };
+        ensure!(
+            cfg.encoder_dim % head_dim == 0,
+            "MusicFM width {} is not a multiple of its rotary head width {head_dim}",
+            cfg.encoder_dim
+        );
+        cfg.num_attention_heads = cfg.encoder_dim / head_dim;
+        Ok(cfg)
     }
 
     pub fn conformer(&self) -> ConformerConfig {
