@@ -441,8 +441,8 @@ impl Worker {
                 self.engine_ready = true;
                 self.set_engine_state(EngineState::Ready { model, device });
             }
-            Event::Queued { .. } | Event::Status { .. } => {}
-            Event::Started { id, seed } => self.params.takes.update(|t| {
+            Event::Queued { .. } | Event::Status { .. } | Event::Chunk { .. } => {}
+            Event::Started { id, seed, .. } => self.params.takes.update(|t| {
                 if let Some(t) = t.get_mut(&id) {
                     t.seed = Some(seed);
                 }
