@@ -724,18 +724,35 @@ impl EditorApp {
                 if ui.button(RichText::new("Cancel").heading()).clicked() {
                     self.send(Command::Cancel);
                 }
-                let stage = job.stage.map_or("waiting for the engine".to_owned(), |s| {
-                    format!("{s:?}").to_lowercase()
+                if job.stages.is_empty() {
+                    ui.label("waiting for the engine");
+                }
+                ui.vertical(|ui| {
+                    // The LM and the renderer run side by side: one bar each.
+                    for st in &job.stages {
+                        let name = format!("{:?}", st.stage).to_lowercase();
+                        ui.add(
+                            egui::ProgressBar::new(st.fraction())
+                                .desired_width(300.0)
+                                .text(format!("{name} {}/{}", st.done, st.total)),
+                        );
+                    }
+                    // How much of each stem can be heard already.
+                    for (stem, secs) in &job.extents {
+                        let max = job.max_seconds.unwrap_or(*secs).max(*secs).max(1e-3);
+                        ui.add(
+                            egui::ProgressBar::new((*secs / max) as f32)
+                                .desired_width(300.0)
+                                .text(format!("{stem}: {} playable", format_time(*secs))),
+                        );
+                    }
                 });
-                let eta = job
-                    .stage_eta()
-                    .map(|d| format!(" · {} left in this stage", format_time(d.as_secs_f64())))
-                    .unwrap_or_default();
-                ui.add(
-                    egui::ProgressBar::new(job.fraction())
-                        .desired_width(360.0)
-                        .text(format!("{} {}/{}{}", stage, job.done, job.total, eta)),
-                );
+                if let Some(eta) = job.eta() {
+                    ui.label(format!("≤ {} left", format_time(eta.as_secs_f64())));
+                }
+                if let Some(first) = job.first_audio_s {
+                    ui.label(format!("first audio after {}", format_time(first)));
+                }
                 ui.label(format!(
                     "elapsed {}",
                     format_time(job.started.elapsed().as_secs_f64())

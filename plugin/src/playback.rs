@@ -3,7 +3,8 @@
 //! audio is decoded and resampled by the worker and handed over through a ring buffer; the
 //! replaced stems go back the same way to be freed off the audio thread.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use nice_plug::prelude::Enum;
 
@@ -33,14 +34,111 @@ impl Stereo {
     }
 }
 
+/// A stem that is still being generated: preallocated to the longest the engine can produce,
+/// filled by the worker from the front; the audio thread reads the filled part. Samples are
+/// stored as `f32` bits in atomics, and `filled` is published with release ordering after the
+/// samples, so neither side locks, allocates or waits.
+#[derive(Debug)]
+pub struct LiveStereo {
+    left: Box<[AtomicU32]>,
+    right: Box<[AtomicU32]>,
+    filled: AtomicUsize,
+}
+
+impl LiveStereo {
+    /// Room for `capacity` frames (allocated here, on the worker).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let zeros = || {
+            (0..capacity)
+                .map(|_| AtomicU32::new(0))
+                .collect::<Box<[_]>>()
+        };
+        Self {
+            left: zeros(),
+            right: zeros(),
+            filled: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.left.len()
+    }
+
+    /// Frames generated so far.
+    pub fn filled(&self) -> usize {
+        self.filled.load(Ordering::Acquire)
+    }
+
+    /// Appends frames (worker only: one writer); what does not fit is dropped and counted.
+    pub fn append(&self, left: &[f32], right: &[f32]) -> usize {
+        let start = self.filled.load(Ordering::Relaxed);
+        let n = left.len().min(right.len()).min(self.capacity() - start);
+        for i in 0..n {
+            self.left[start + i].store(left[i].to_bits(), Ordering::Relaxed);
+            self.right[start + i].store(right[i].to_bits(), Ordering::Relaxed);
+        }
+        self.filled.store(start + n, Ordering::Release);
+        left.len().min(right.len()) - n
+    }
+
+    /// Frame `k`, silence beyond the generated extent.
+    pub fn frame(&self, k: usize, filled: usize) -> (f32, f32) {
+        if k < filled {
+            (
+                f32::from_bits(self.left[k].load(Ordering::Relaxed)),
+                f32::from_bits(self.right[k].load(Ordering::Relaxed)),
+            )
+        } else {
+            (0.0, 0.0)
+        }
+    }
+}
+
+/// One stem for the audio thread: decoded from its file, or filling in while the take is
+/// generated (silence beyond what exists).
+#[derive(Debug)]
+pub enum Track {
+    Full(Stereo),
+    Live(Arc<LiveStereo>),
+}
+
+impl Track {
+    /// Frame `k` (silence outside the audio).
+    fn frame(&self, k: i64) -> (f32, f32) {
+        if k < 0 {
+            return (0.0, 0.0);
+        }
+        let k = k as usize;
+        match self {
+            Track::Full(s) if k < s.frames() => (s.left[k], s.right[k]),
+            Track::Full(_) => (0.0, 0.0),
+            Track::Live(l) => l.frame(k, l.filled()),
+        }
+    }
+
+    /// Frames that can be played now.
+    pub fn frames(&self) -> usize {
+        match self {
+            Track::Full(s) => s.frames(),
+            Track::Live(l) => l.filled(),
+        }
+    }
+}
+
+impl From<Stereo> for Track {
+    fn from(s: Stereo) -> Self {
+        Track::Full(s)
+    }
+}
+
 /// A take's stems, ready for the audio thread.
 #[derive(Debug, Default)]
 pub struct Stems {
     pub take_id: String,
-    pub vocals: Option<Stereo>,
-    pub accompaniment: Option<Stereo>,
+    pub vocals: Option<Track>,
+    pub accompaniment: Option<Track>,
     /// The engine's full mix, when it rendered one.
-    pub mix: Option<Stereo>,
+    pub mix: Option<Track>,
 }
 
 /// Messages from the worker to the player.
@@ -179,13 +277,8 @@ impl Player {
         }
         let anchor = state.anchor();
         let frames = main_l.len().min(main_r.len());
-        let sample = |s: &Option<Stereo>, k: i64| -> (f32, f32) {
-            match s {
-                Some(s) if k >= 0 && (k as usize) < s.frames() => {
-                    (s.left[k as usize], s.right[k as usize])
-                }
-                _ => (0.0, 0.0),
-            }
+        let sample = |s: &Option<Track>, k: i64| -> (f32, f32) {
+            s.as_ref().map_or((0.0, 0.0), |t| t.frame(k))
         };
         for i in 0..frames {
             let Some(p) = timeline.position_at(i) else {
@@ -234,8 +327,8 @@ mod tests {
         state.set_anchor_seconds(1.0); // sample 10
         let stems = Stems {
             take_id: "t".into(),
-            vocals: Some(stereo(&[1.0, 2.0, 3.0, 4.0])),
-            accompaniment: Some(stereo(&[10.0, 20.0, 30.0, 40.0])),
+            vocals: Some(stereo(&[1.0, 2.0, 3.0, 4.0]).into()),
+            accompaniment: Some(stereo(&[10.0, 20.0, 30.0, 40.0]).into()),
             mix: None,
         };
         assert!(link.incoming.push(PlayerMsg::Load(Box::new(stems))).is_ok());
@@ -275,5 +368,25 @@ mod tests {
             },
         );
         assert_eq!(link.retired.pop().unwrap().take_id, "t");
+    }
+
+    #[test]
+    fn a_live_track_plays_what_was_generated_and_silence_beyond() {
+        let live = Arc::new(LiveStereo::with_capacity(5));
+        let track = Track::Live(live.clone());
+        assert_eq!(track.frames(), 0);
+        assert_eq!(track.frame(0), (0.0, 0.0));
+        assert_eq!(live.append(&[1.0, 2.0], &[-1.0, -2.0]), 0);
+        assert_eq!(
+            (track.frames(), track.frame(1), track.frame(2)),
+            (2, (2.0, -2.0), (0.0, 0.0))
+        );
+        // What does not fit the preallocated room is dropped and counted.
+        assert_eq!(live.append(&[3.0, 4.0, 5.0, 6.0], &[0.0; 4]), 1);
+        assert_eq!(
+            (track.frames(), track.frame(4), track.frame(5)),
+            (5, (5.0, 0.0), (0.0, 0.0))
+        );
+        assert_eq!(track.frame(-1), (0.0, 0.0));
     }
 }

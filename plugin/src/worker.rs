@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use nice_plug::prelude::*;
 use nice_plug_egui::RepaintNotifier;
-use songgen_protocol::{Event, Job, Request, Stage, StylePrompt};
+use songgen_protocol::{decode_samples, Event, GenType, Job, Request, Stage, Stem, StylePrompt};
 
 use crate::capture::{
     capture_warnings, CaptureControl, CaptureLevel, CapturePhase, RecorderLink, ENGINE_MIN_SECONDS,
@@ -25,7 +25,7 @@ use crate::engine::{self, EngineMsg, EngineProcess};
 use crate::files;
 use crate::lyrics;
 use crate::params::{CapturedPrompt, SongGenParams};
-use crate::playback::{PlayState, PlayerLink, PlayerMsg, Stems};
+use crate::playback::{LiveStereo, PlayState, PlayerLink, PlayerMsg, Stems, Track};
 use crate::session::{PromptSource, Take, TakeStatus};
 
 /// Crashes within this window count towards giving up on automatic restarts.
@@ -88,19 +88,17 @@ pub enum EngineState {
     },
 }
 
-/// A job in flight.
+/// One stage of a job in flight. The LM and the renderer run side by side, so each stage
+/// keeps its own count and clock.
 #[derive(Debug, Clone)]
-pub struct JobProgress {
-    pub take_id: String,
-    pub stage: Option<Stage>,
+pub struct StageProgress {
+    pub stage: Stage,
     pub done: u64,
     pub total: u64,
-    pub started: Instant,
-    stage_started: Instant,
+    started: Instant,
 }
 
-impl JobProgress {
-    /// Fraction of the current stage.
+impl StageProgress {
     pub fn fraction(&self) -> f32 {
         if self.total == 0 {
             0.0
@@ -109,16 +107,130 @@ impl JobProgress {
         }
     }
 
-    /// Remaining time of the current stage at its average rate so far.
-    pub fn stage_eta(&self) -> Option<Duration> {
+    /// Remaining time at the stage's average rate so far.
+    pub fn eta(&self) -> Option<Duration> {
         if self.done == 0 || self.total <= self.done {
             return None;
         }
-        let elapsed = self.stage_started.elapsed().as_secs_f64();
-        let per_unit = elapsed / self.done as f64;
+        let per_unit = self.started.elapsed().as_secs_f64() / self.done as f64;
         Some(Duration::from_secs_f64(
             per_unit * (self.total - self.done) as f64,
         ))
+    }
+}
+
+/// A job in flight.
+#[derive(Debug, Clone)]
+pub struct JobProgress {
+    pub take_id: String,
+    /// Every stage seen so far, in order of first appearance.
+    pub stages: Vec<StageProgress>,
+    pub started: Instant,
+    /// Seconds of audio received per stem (`mixed`, `vocal`, `bgm`).
+    pub extents: Vec<(String, f64)>,
+    /// The longest the take can be, in seconds (the engine's limit), when known.
+    pub max_seconds: Option<f64>,
+    /// When the first audio arrived, in seconds after the start.
+    pub first_audio_s: Option<f64>,
+}
+
+impl JobProgress {
+    fn new(take_id: String) -> Self {
+        Self {
+            take_id,
+            stages: Vec::new(),
+            started: Instant::now(),
+            extents: Vec::new(),
+            max_seconds: None,
+            first_audio_s: None,
+        }
+    }
+
+    /// The stage reported last.
+    pub fn stage(&self, stage: Stage) -> Option<&StageProgress> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
+
+    /// Time left: the stages run side by side, so the job ends with the slowest of them. The
+    /// LM's total is its length limit, so this is an upper bound while the LM runs; the
+    /// renderer's total grows until the song's length is known.
+    pub fn eta(&self) -> Option<Duration> {
+        self.stages.iter().filter_map(StageProgress::eta).max()
+    }
+
+    fn progress(&mut self, stage: Stage, done: u64, total: u64) {
+        match self.stages.iter_mut().find(|s| s.stage == stage) {
+            Some(s) => {
+                s.done = done;
+                s.total = total;
+            }
+            None => self.stages.push(StageProgress {
+                stage,
+                done,
+                total,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// The running take's stems filling in from `chunk` events, at the host rate.
+struct LiveTake {
+    id: String,
+    /// Host rate of the buffers.
+    rate: f32,
+    tracks: Vec<(Stem, Arc<LiveStereo>, LinearResampler)>,
+}
+
+/// Linear-interpolation resampling of a stream: the same samples as
+/// [`files::resample_linear`] on the whole signal, produced as the input arrives.
+struct LinearResampler {
+    /// Input frames per output frame.
+    ratio: f64,
+    /// Input index of `left[0]`.
+    base: usize,
+    left: Vec<f32>,
+    right: Vec<f32>,
+    produced: usize,
+}
+
+impl LinearResampler {
+    fn new(from: f64, to: f64) -> Self {
+        Self {
+            ratio: from / to,
+            base: 0,
+            left: Vec::new(),
+            right: Vec::new(),
+            produced: 0,
+        }
+    }
+
+    /// Adds input and returns the output frames it completes.
+    fn push(&mut self, left: &[f32], right: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        if (self.ratio - 1.0).abs() < 1e-9 {
+            return (left.to_vec(), right.to_vec());
+        }
+        self.left.extend_from_slice(left);
+        self.right.extend_from_slice(right);
+        let (mut out_l, mut out_r) = (Vec::new(), Vec::new());
+        loop {
+            let t = self.produced as f64 * self.ratio;
+            let k = t.floor() as usize;
+            if k + 1 >= self.base + self.left.len() {
+                break;
+            }
+            let j = k - self.base;
+            let frac = (t - k as f64) as f32;
+            out_l.push(self.left[j] + (self.left[j + 1] - self.left[j]) * frac);
+            out_r.push(self.right[j] + (self.right[j + 1] - self.right[j]) * frac);
+            self.produced += 1;
+        }
+        let keep_from = (self.produced as f64 * self.ratio).floor() as usize;
+        let drop = keep_from.saturating_sub(self.base).min(self.left.len());
+        self.left.drain(..drop);
+        self.right.drain(..drop);
+        self.base += drop;
+        (out_l, out_r)
     }
 }
 
@@ -192,6 +304,10 @@ struct Worker {
     running_job: Option<Job>,
     /// The CPU engine started instead of the configured one (see `engine::cpu_fallback`).
     cpu_engine: Option<PathBuf>,
+    /// Its stems as they arrive.
+    live: Option<LiveTake>,
+    /// An offline bounce waiting for the running take to finish.
+    bounce_ack: Option<Sender<()>>,
 
     sample_rate: f32,
     recorder: Option<RecorderLink>,
@@ -230,6 +346,8 @@ impl Worker {
             running: None,
             running_job: None,
             cpu_engine: None,
+            live: None,
+            bounce_ack: None,
             sample_rate: 0.0,
             recorder: None,
             player: None,
@@ -297,9 +415,25 @@ impl Worker {
                 self.recorder = Some(recorder);
                 self.player = Some(player);
                 self.loaded = None;
+                if self.live.as_ref().is_some_and(|l| l.rate != sample_rate) {
+                    // Buffers at the old rate: the rest of the take plays from its files.
+                    self.live = None;
+                }
                 self.sync_playback();
                 if let Some(ack) = loaded {
-                    let _ = ack.send(());
+                    let running_selected = self.running.is_some()
+                        && self.params.takes.read().selected.as_deref() == self.running.as_deref();
+                    if running_selected {
+                        // A bounce of a take that is still generating would be incomplete:
+                        // hold the bounce until the take is done.
+                        self.message(
+                            true,
+                            "bounce: the selected take is still generating; the bounce waits until it is done",
+                        );
+                        self.bounce_ack = Some(ack);
+                    } else {
+                        let _ = ack.send(());
+                    }
                 }
                 if self.engine.is_none() && self.status().engine == EngineState::NotStarted {
                     self.start_engine();
@@ -511,11 +645,33 @@ impl Worker {
                 self.set_engine_state(EngineState::Ready { model, device });
             }
             Event::Queued { .. } | Event::Status { .. } => {}
-            Event::Started { id, seed } => self.params.takes.update(|t| {
-                if let Some(t) = t.get_mut(&id) {
-                    t.seed = Some(seed);
+            Event::Started {
+                id,
+                seed,
+                max_frames,
+            } => {
+                let gen_type = self.params.takes.update(|t| {
+                    t.get_mut(&id).map(|t| {
+                        t.seed = Some(seed);
+                        t.gen_type
+                    })
+                });
+                if let (Some(gen_type), true) = (gen_type, self.running.as_deref() == Some(&id)) {
+                    self.start_live(&id, gen_type, max_frames);
                 }
-            }),
+            }
+            Event::Chunk {
+                id,
+                stem,
+                start,
+                frames,
+                data,
+            } => {
+                if let Err(e) = self.chunk(&id, stem, start, frames, &data) {
+                    nice_warn!("songgen: {id}: {e:#}");
+                }
+                self.repaint_throttled();
+            }
             Event::Progress {
                 id,
                 stage,
@@ -525,12 +681,7 @@ impl Worker {
             } => {
                 let mut s = self.status();
                 if let Some(job) = s.job.as_mut().filter(|j| j.take_id == id) {
-                    if job.stage != Some(stage) {
-                        job.stage = Some(stage);
-                        job.stage_started = Instant::now();
-                    }
-                    job.done = done;
-                    job.total = total;
+                    job.progress(stage, done, total);
                 }
                 drop(s);
                 self.repaint_throttled();
@@ -553,6 +704,8 @@ impl Worker {
                     }
                 });
                 self.finish_job(&id);
+                // The files replace the live buffers (the same samples).
+                self.loaded = None;
                 self.message(false, format!("{id} is ready"));
             }
             Event::Error {
@@ -589,8 +742,97 @@ impl Worker {
         if self.running.as_deref() == Some(id) {
             self.running = None;
             self.running_job = None;
+            self.live = None;
             self.status().job = None;
         }
+        if let Some(ack) = self.bounce_ack.take() {
+            // Let a waiting bounce go on with the take in its final state.
+            self.sync_playback();
+            let _ = ack.send(());
+        }
+    }
+
+    /// Preallocates the running take's stem buffers (the engine's length limit at the host
+    /// rate) and hands them to the player, which plays them as they fill.
+    fn start_live(&mut self, id: &str, gen_type: GenType, max_frames: Option<u64>) {
+        if self.sample_rate <= 0.0 {
+            return;
+        }
+        let rate = f64::from(self.sample_rate);
+        // Without a limit from the engine: room for the released models' 4m30s.
+        let max = max_frames.unwrap_or(270 * 48_000);
+        let capacity = (max as f64 * rate / 48_000.0).ceil() as usize + 2;
+        let tracks: Vec<(Stem, Arc<LiveStereo>, LinearResampler)> = Stem::for_gen_type(gen_type)
+            .iter()
+            .map(|&stem| {
+                (
+                    stem,
+                    Arc::new(LiveStereo::with_capacity(capacity)),
+                    LinearResampler::new(48_000.0, rate),
+                )
+            })
+            .collect();
+        if let Some(job) = self.status().job.as_mut() {
+            job.max_seconds = Some(max as f64 / 48_000.0);
+        }
+        self.live = Some(LiveTake {
+            id: id.to_owned(),
+            rate: self.sample_rate,
+            tracks,
+        });
+        self.loaded = None;
+        self.sync_playback();
+    }
+
+    /// The live take's buffers as player stems.
+    fn live_stems(live: &LiveTake) -> Stems {
+        let track = |want: Stem| {
+            live.tracks
+                .iter()
+                .find(|(s, _, _)| *s == want)
+                .map(|(_, l, _)| Track::Live(l.clone()))
+        };
+        Stems {
+            take_id: live.id.clone(),
+            vocals: track(Stem::Vocal),
+            accompaniment: track(Stem::Bgm),
+            mix: track(Stem::Mixed),
+        }
+    }
+
+    /// Appends a chunk of the running take to its live buffer.
+    fn chunk(&mut self, id: &str, stem: Stem, start: u64, frames: u64, data: &str) -> Result<()> {
+        let Some(live) = self.live.as_mut().filter(|l| l.id == id) else {
+            return Ok(());
+        };
+        let Some((_, buf, resampler)) = live.tracks.iter_mut().find(|(s, _, _)| *s == stem) else {
+            bail!(
+                "a chunk of the {} stem, which this take does not have",
+                stem.name()
+            );
+        };
+        let samples = decode_samples(data, 2).map_err(anyhow::Error::msg)?;
+        if samples.len() as u64 != frames * 2 {
+            bail!("a chunk of {frames} frames holds {} samples", samples.len());
+        }
+        let (l, r): (Vec<f32>, Vec<f32>) = samples.chunks_exact(2).map(|f| (f[0], f[1])).unzip();
+        let (l, r) = resampler.push(&l, &r);
+        if buf.append(&l, &r) > 0 {
+            nice_warn!(
+                "songgen: {id}: more audio than the engine announced; the rest plays from the file"
+            );
+        }
+        let seconds = (start + frames) as f64 / 48_000.0;
+        let mut st = self.status();
+        if let Some(job) = st.job.as_mut().filter(|j| j.take_id == id) {
+            job.first_audio_s
+                .get_or_insert(job.started.elapsed().as_secs_f64());
+            match job.extents.iter_mut().find(|(s, _)| s == stem.name()) {
+                Some(e) => e.1 = seconds,
+                None => job.extents.push((stem.name().to_owned(), seconds)),
+            }
+        }
+        Ok(())
     }
 
     // ----- generation -----
@@ -719,6 +961,9 @@ impl Worker {
             started: Instant::now(),
             stage_started: Instant::now(),
         });
+        // The new take plays as it fills in.
+        self.params.takes.update(|t| t.selected = Some(id.clone()));
+        self.status().job = Some(JobProgress::new(id.clone()));
         self.send(Request::Generate { id, job });
         self.repaint.request_repaint();
         Ok(())
@@ -767,7 +1012,8 @@ impl Worker {
         }
         let v = self.params.takes.version();
         if v != self.takes_version {
-            self.takes_version = v;
+            self.mark_interrupted();
+            self.takes_version = self.params.takes.version();
             self.sync_playback();
             self.repaint.request_repaint();
         }
@@ -785,6 +1031,29 @@ impl Worker {
         }
     }
 
+    /// A take restored as running (the project was saved while it generated) that this
+    /// instance is not generating will never finish: show it as interrupted.
+    fn mark_interrupted(&mut self) {
+        let stale = self.params.takes.read().list.iter().any(|t| {
+            t.status == TakeStatus::Running && self.running.as_deref() != Some(t.id.as_str())
+        });
+        if !stale {
+            return;
+        }
+        let running = self.running.clone();
+        self.params.takes.update(|takes| {
+            for t in &mut takes.list {
+                if t.status == TakeStatus::Running && running.as_deref() != Some(t.id.as_str()) {
+                    t.status = TakeStatus::Failed {
+                        message:
+                            "interrupted: the project was saved while this take was being generated"
+                                .into(),
+                    };
+                }
+            }
+        });
+    }
+
     fn repaint_throttled(&mut self) {
         if self.last_repaint.elapsed() > Duration::from_millis(50) {
             self.last_repaint = Instant::now();
@@ -794,13 +1063,13 @@ impl Worker {
 
     /// Makes the player play the selected take (loading its stems when it changed).
     fn sync_playback(&mut self) {
-        let take = self
-            .params
-            .takes
-            .read()
-            .selected_take()
-            .filter(|t| t.status == TakeStatus::Done)
-            .cloned();
+        let selected = self.params.takes.read().selected_take().cloned();
+        // The running take plays from its live buffers as they fill.
+        let live = self
+            .live
+            .as_ref()
+            .filter(|l| selected.as_ref().is_some_and(|t| t.id == l.id));
+        let take = selected.filter(|t| t.status == TakeStatus::Done || live.is_some());
         if let Some(t) = &take {
             self.shared.play.set_anchor_seconds(t.anchor_seconds);
         }
@@ -811,15 +1080,16 @@ impl Worker {
         if want == self.loaded {
             return;
         }
-        let msg = match &take {
-            Some(t) => match load_stems(t, self.sample_rate) {
+        let msg = match (&take, live) {
+            (Some(_), Some(live)) => PlayerMsg::Load(Box::new(Self::live_stems(live))),
+            (Some(t), None) => match load_stems(t, self.sample_rate) {
                 Ok(stems) => PlayerMsg::Load(Box::new(stems)),
                 Err(e) => {
                     self.message(true, format!("cannot play {}: {e:#}", t.id));
                     PlayerMsg::Clear
                 }
             },
-            None => PlayerMsg::Clear,
+            (None, _) => PlayerMsg::Clear,
         };
         if let Some(link) = self.player.as_mut() {
             if link.incoming.push(msg).is_ok() {
@@ -903,9 +1173,9 @@ pub fn load_stems(take: &Take, sample_rate: f32) -> Result<Stems> {
     };
     let stems = Stems {
         take_id: take.id.clone(),
-        vocals: read("vocal")?,
-        accompaniment: read("bgm")?,
-        mix: read("mixed")?,
+        vocals: read("vocal")?.map(Into::into),
+        accompaniment: read("bgm")?.map(Into::into),
+        mix: read("mixed")?.map(Into::into),
     };
     if stems.vocals.is_none() && stems.accompaniment.is_none() && stems.mix.is_none() {
         bail!("{} lists no stem files", take.id);

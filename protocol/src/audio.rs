@@ -157,37 +157,132 @@ pub fn probe_wav(path: &Path) -> Result<hound::WavSpec, AudioError> {
 /// happen, so an integer format would distort them) through a temporary file and a rename.
 /// Refuses to replace an existing file unless `overwrite`.
 pub fn write_wav(path: &Path, audio: &Audio, overwrite: bool) -> Result<(), AudioError> {
-    if !overwrite && path.exists() {
-        return Err(AudioError::Exists {
-            path: path.to_path_buf(),
-        });
-    }
-    let write_err = |reason: String| AudioError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let tmp = temp_path(path);
-    let spec = hound::WavSpec {
-        channels: audio.channels.len() as u16,
-        sample_rate: audio.sample_rate,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let result = (|| -> Result<(), hound::Error> {
-        let file = fs::File::create(&tmp)?;
-        let mut w = hound::WavWriter::new(BufWriter::new(file), spec)?;
-        for i in 0..audio.frames() {
-            for ch in &audio.channels {
-                w.write_sample(ch[i])?;
-            }
+    let mut w = WavStream::create(
+        path,
+        audio.channels.len() as u16,
+        audio.sample_rate,
+        overwrite,
+    )?;
+    let n = audio.frames();
+    let channels: Vec<&[f32]> = audio.channels.iter().map(|c| &c[..n]).collect();
+    w.append(&channels)?;
+    w.finish()
+}
+
+/// A WAV file (32-bit float) written while its audio arrives: samples go to the hidden
+/// temporary file (a valid WAV after every [`Self::append`]: its header is updated, so players
+/// can open the growing file), which [`Self::finish`] renames into place. Dropped unfinished
+/// (cancel, error), the temporary file is removed: nothing is ever left under the final name.
+pub struct WavStream {
+    path: PathBuf,
+    tmp: PathBuf,
+    overwrite: bool,
+    writer: Option<hound::WavWriter<BufWriter<fs::File>>>,
+    channels: usize,
+    frames: u64,
+}
+
+impl WavStream {
+    /// Creates the temporary file for `path`; fails at once when `path` exists and not
+    /// `overwrite`.
+    pub fn create(
+        path: &Path,
+        channels: u16,
+        sample_rate: u32,
+        overwrite: bool,
+    ) -> Result<Self, AudioError> {
+        if !overwrite && path.exists() {
+            return Err(AudioError::Exists {
+                path: path.to_path_buf(),
+            });
         }
-        w.finalize()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(write_err(e.to_string()));
+        let tmp = temp_path(path);
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let writer = fs::File::create(&tmp)
+            .map_err(hound::Error::from)
+            .and_then(|f| hound::WavWriter::new(BufWriter::new(f), spec))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                AudioError::Write {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            overwrite,
+            writer: Some(writer),
+            channels: usize::from(channels),
+            frames: 0,
+        })
     }
-    publish(&tmp, path, overwrite).map_err(|e| write_err(e.to_string()))
+
+    /// The file being written until [`Self::finish`].
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Sample frames written so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Appends planar samples (one slice per channel, equal lengths) and flushes them.
+    pub fn append(&mut self, channels: &[&[f32]]) -> Result<(), AudioError> {
+        let write_err = |reason: String| AudioError::Write {
+            path: self.path.clone(),
+            reason,
+        };
+        if channels.len() != self.channels {
+            return Err(write_err(format!(
+                "{} channels given to a {}-channel file",
+                channels.len(),
+                self.channels
+            )));
+        }
+        let n = channels.iter().map(|c| c.len()).min().unwrap_or(0);
+        let w = self.writer.as_mut().expect("open until finish");
+        let result = (|| -> Result<(), hound::Error> {
+            for i in 0..n {
+                for ch in channels {
+                    w.write_sample(ch[i])?;
+                }
+            }
+            w.flush()
+        })();
+        result.map_err(|e| write_err(e.to_string()))?;
+        self.frames += n as u64;
+        Ok(())
+    }
+
+    /// Completes the file and moves it to its final name.
+    pub fn finish(mut self) -> Result<(), AudioError> {
+        let write_err = |reason: String| AudioError::Write {
+            path: self.path.clone(),
+            reason,
+        };
+        let w = self.writer.take().expect("open until finish");
+        if let Err(e) = w.finalize() {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(write_err(e.to_string()));
+        }
+        publish(&self.tmp, &self.path, self.overwrite).map_err(|e| write_err(e.to_string()))
+    }
+}
+
+impl Drop for WavStream {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            drop(w);
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Writes a small text file (the JSON record) the same way as the stems.
@@ -258,6 +353,20 @@ mod tests {
         let err = write_wav(&path, &audio, false).unwrap_err();
         assert!(matches!(err, AudioError::Exists { .. }), "{err}");
         write_wav(&path, &audio, true).unwrap();
+        // A stream: a valid WAV while it grows, nothing under the final name until finished,
+        // and no temporary file once dropped unfinished.
+        let streamed = dir.join("stream.wav");
+        let mut w = WavStream::create(&streamed, 2, SAMPLE_RATE, false).unwrap();
+        w.append(&[&[0.5, -1.5], &[0.0, 1.0]]).unwrap();
+        assert_eq!(hound::WavReader::open(w.temp_path()).unwrap().duration(), 2);
+        assert!(!streamed.exists());
+        w.append(&[&[0.25], &[-0.125]]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(read_wav(&streamed).unwrap(), audio);
+        let mut w = WavStream::create(&dir.join("dropped.wav"), 2, SAMPLE_RATE, false).unwrap();
+        w.append(&[&[0.5], &[0.5]]).unwrap();
+        drop(w);
+        assert!(!dir.join("dropped.wav").exists());
         let leftovers: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())

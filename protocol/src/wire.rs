@@ -8,6 +8,7 @@
 //! -> {"op":"generate","id":"take-1","job":{"lyrics":"[verse] ...","descriptions":"female, pop","out_dir":"/tmp/t1"}}
 //! <- {"event":"queued","id":"take-1","position":0}
 //! <- {"event":"progress","id":"take-1","stage":"lm","done":120,"total":6750,"rate":24.8}
+//! <- {"event":"chunk","id":"take-1","stem":"mixed","start":0,"frames":240000,"data":"AAAA..."}
 //! <- {"event":"done","id":"take-1","stems":{"mixed":"/tmp/t1/take-1.wav",...},"sample_rate":48000,"frames":2880000}
 //! -> {"op":"cancel","id":"take-2"}
 //! <- {"event":"cancelled","id":"take-2"}
@@ -16,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// Exit code of the engine (`songgen`) when the requested device cannot be used: `--device cuda`
@@ -23,7 +26,10 @@ use serde::{Deserialize, Serialize};
 pub const EXIT_DEVICE: u8 = 3;
 
 /// Protocol version announced in [`Event::Ready`]; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `chunk` events carry each stem's audio while the job runs; `started` tells the longest
+/// the song can be (`max_frames`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What the generation renders (`--type` of the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -198,6 +204,10 @@ pub enum Event {
     Started {
         id: String,
         seed: u64,
+        /// The longest each stem can be, in sample frames (the LM's length limit): room a client
+        /// can set aside for the `chunk`s to come. The song's end is only known at `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_frames: Option<u64>,
     },
     Progress {
         id: String,
@@ -207,6 +217,17 @@ pub enum Event {
         /// Units per second (tokens/s for `lm`), when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<f64>,
+    },
+    /// A span of a running job's stem that is final (protocol 2): `frames` sample frames from
+    /// frame `start` of `stem`, as base64 of little-endian f32, interleaved stereo, 48 kHz
+    /// ([`encode_samples`]). A stem's chunks come in order without gaps or overlaps; `done`
+    /// follows the last one.
+    Chunk {
+        id: String,
+        stem: Stem,
+        start: u64,
+        frames: u64,
+        data: String,
     },
     Done {
         id: String,
@@ -232,6 +253,37 @@ pub enum Event {
     },
 }
 
+/// The `data` of a [`Event::Chunk`]: planar channels (equal lengths) interleaved as
+/// little-endian f32, in standard base64.
+pub fn encode_samples(channels: &[&[f32]]) -> String {
+    let n = channels.iter().map(|c| c.len()).min().unwrap_or(0);
+    let mut bytes = Vec::with_capacity(n * channels.len() * 4);
+    for i in 0..n {
+        for ch in channels {
+            bytes.extend_from_slice(&ch[i].to_le_bytes());
+        }
+    }
+    BASE64.encode(bytes)
+}
+
+/// Decodes [`encode_samples`]' output into interleaved samples of `channels` channels.
+pub fn decode_samples(data: &str, channels: usize) -> Result<Vec<f32>, String> {
+    let bytes = BASE64
+        .decode(data)
+        .map_err(|e| format!("chunk data is not base64 ({e})"))?;
+    let frame = 4 * channels.max(1);
+    if bytes.len() % frame != 0 {
+        return Err(format!(
+            "chunk data holds {} bytes, not whole {channels}-channel f32 frames",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +307,27 @@ mod tests {
         let back = serde_json::to_string(&req).unwrap();
         assert!(!back.contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&back).unwrap(), req);
+        let samples = encode_samples(&[&[0.5, -1.0, 3.25], &[0.0, f32::MAX, -0.0]]);
+        let chunk = Event::Chunk {
+            id: "t1".into(),
+            stem: Stem::Vocal,
+            start: 480_000,
+            frames: 3,
+            data: samples.clone(),
+        };
+        let line = serde_json::to_string(&chunk).unwrap();
+        assert!(
+            line.starts_with(
+                r#"{"event":"chunk","id":"t1","stem":"vocal","start":480000,"frames":3,"data":""#
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            decode_samples(&samples, 2).unwrap(),
+            [0.5, 0.0, -1.0, f32::MAX, 3.25, -0.0]
+        );
+        assert!(decode_samples("AAAA", 2).unwrap_err().contains("whole"));
+        assert!(decode_samples("***", 2).unwrap_err().contains("base64"));
         let cancel: Request = serde_json::from_str(r#"{"op":"cancel","id":"t1"}"#).unwrap();
         assert_eq!(cancel, Request::Cancel { id: "t1".into() });
     }

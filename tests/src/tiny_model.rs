@@ -51,9 +51,12 @@ pub const LM_HEADS: usize = 2;
 pub const LM_FFN: usize = 24;
 pub const LM_LAYERS: usize = 3;
 pub const LM_LAYERS_SUB: usize = 2;
-/// Song length limit in seconds (75 token frames), so random weights that never emit EOS
-/// still finish quickly.
+/// Default song length limit in seconds (75 token frames), so random weights that never emit
+/// EOS still finish quickly. [`write_with`] sets another (100 s = 2500 frames = 3 windows).
 pub const MAX_DUR: usize = 3;
+/// Longest limit [`write_with`] accepts: the tiny LM's 10000 positions hold the 952-position
+/// prefix and the pattern columns of at most this many seconds.
+pub const MAX_SECONDS: usize = 360;
 pub const DELAYS: [usize; 3] = [0, 3, 3];
 
 /// Flow dims: width 24 + 64 + 2·RVQ_DIM + 64 = 160 with the released 20 heads (head dim 8).
@@ -169,6 +172,18 @@ impl Builder<'_> {
 
 /// Writes the tiny model into `dir` (created if missing) from `seed`.
 pub fn write(dir: &Path, seed: u64) -> std::io::Result<TinyModel> {
+    write_with(dir, seed, MAX_DUR)
+}
+
+/// [`write`] with a song length limit of `seconds` (1..=[`MAX_SECONDS`]); the random weights
+/// never emit EOS, so every song is that long.
+pub fn write_with(dir: &Path, seed: u64, seconds: usize) -> std::io::Result<TinyModel> {
+    if !(1..=MAX_SECONDS).contains(&seconds) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("tiny model length must be 1..={MAX_SECONDS} s, not {seconds}"),
+        ));
+    }
     let model_dir = dir.join(MODEL_NAME);
     let runtime_dir = dir.join("runtime");
     for d in [
@@ -183,7 +198,7 @@ pub fn write(dir: &Path, seed: u64) -> std::io::Result<TinyModel> {
         std::fs::create_dir_all(d)?;
     }
     let mut rng = Rng(seed);
-    std::fs::write(model_dir.join("config.yaml"), config_yaml())?;
+    std::fs::write(model_dir.join("config.yaml"), config_yaml(seconds))?;
     let lm = lm_state_dict(&mut rng);
     torch_zip::save(
         &Value::OrderedDict(lm.into_iter().map(|(k, t)| (k, Value::Tensor(t))).collect()),
@@ -273,7 +288,7 @@ fn save_safetensors(tensors: Vec<(String, RawTensor)>, path: &Path) -> std::io::
 }
 
 /// The upstream config.yaml keys the engine reads, with the tiny dims.
-fn config_yaml() -> String {
+fn config_yaml(max_dur: usize) -> String {
     let tags = songgen_engine::lyrics::SECTION_TAGS
         .iter()
         .map(|t| format!("        - '{t}'"))
@@ -282,7 +297,7 @@ fn config_yaml() -> String {
     format!(
         "\
 # Tiny random-weight test model in the SongGeneration v2 layout (songgen tests).
-max_dur: {MAX_DUR}
+max_dur: {max_dur}
 prompt_len: 10
 audio_tokenizer_frame_rate: 25
 sample_rate: 48000

@@ -13,8 +13,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   parity [--filter SUBSTR] [--device cpu|cuda] <DIR>...
                                       run every case of parity fixture directories
-  tiny-model [--seed N] <DIR>         write a tiny random-weight model folder in the released
-                                      layout (DIR/songgeneration_v2_tiny + DIR/runtime)";
+  tiny-model [--seed N] [--seconds N] <DIR>
+                                      write a tiny random-weight model folder in the released
+                                      layout (DIR/songgeneration_v2_tiny + DIR/runtime); every
+                                      song is N s long (default 3; 100 = 3 render windows)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +57,7 @@ fn parity_cmd(args: &[String]) -> Result<ExitCode> {
 
 fn tiny_model_cmd(args: &[String]) -> Result<ExitCode> {
     let mut seed = 0u64;
+    let mut seconds = songgen_tests::tiny_model::MAX_DUR;
     let mut dir = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -65,6 +68,12 @@ fn tiny_model_cmd(args: &[String]) -> Result<ExitCode> {
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--seed needs a number, not `{v}`"))?;
             }
+            "--seconds" => {
+                let v = it.next().map(String::as_str).unwrap_or_default();
+                seconds = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--seconds needs a number, not `{v}`"))?;
+            }
             _ if dir.is_none() => dir = Some(PathBuf::from(arg)),
             _ => bail!("unexpected argument {arg:?}\n\n{USAGE}"),
         }
@@ -72,7 +81,7 @@ fn tiny_model_cmd(args: &[String]) -> Result<ExitCode> {
     let Some(dir) = dir else {
         bail!("tiny-model needs a folder\n\n{USAGE}");
     };
-    let model = songgen_tests::tiny_model::write(&dir, seed)?;
+    let model = songgen_tests::tiny_model::write_with(&dir, seed, seconds)?;
     println!(
         "wrote {} and {}\ntry: songgen generate --model {} --lyrics '[verse] hello world ; [chorus] la la' --accept-license",
         model.model_dir.display(),

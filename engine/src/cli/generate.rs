@@ -171,19 +171,33 @@ pub fn run(args: Args) -> CliResult {
                     std::ops::ControlFlow::Continue(())
                 }
             };
-            pipeline::run(model.as_mut(), p, seed, &mut progress)
+            let job_started = std::time::Instant::now();
+            let mut first_audio = true;
+            let mut on_chunk = |c: &pipeline::AudioChunk| {
+                if std::mem::take(&mut first_audio) {
+                    bars.println(format!(
+                        "{}: first audio ({}) after {:.1} s, written as it renders to {}",
+                        p.id,
+                        c.stem.name(),
+                        job_started.elapsed().as_secs_f64(),
+                        args.out.display()
+                    ));
+                }
+            };
+            pipeline::run_streaming(model.as_mut(), p, seed, &mut progress, &mut on_chunk)
         };
         bars.clear();
         match result {
             Ok(out) => {
                 println!(
-                    "{}: {:.1} s of audio, seed {}, {:.1} s (lm {:.1} s, render {:.1} s)",
+                    "{}: {:.1} s of audio, seed {}, {:.1} s (lm {:.1} s, render after the lm {:.1} s, first audio after {:.1} s)",
                     p.id,
                     out.frames as f64 / out.sample_rate as f64,
                     out.seed,
                     out.timings.total_s,
                     out.timings.lm_s,
-                    out.timings.render_s
+                    out.timings.render_s,
+                    out.timings.first_audio_s.unwrap_or(out.timings.total_s)
                 );
                 for path in out.stems.values().chain([&out.record]) {
                     println!("  {}", path.display());
@@ -411,6 +425,16 @@ impl Bars {
         }
         if p.done >= p.total {
             bar.finish();
+        }
+    }
+
+    /// A line above the bars (stderr), or plain stderr when quiet.
+    fn println(&self, line: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
         }
     }
 

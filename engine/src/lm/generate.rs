@@ -25,6 +25,10 @@ pub struct DecodeState {
     fed: Vec<[u32; 3]>,
     special: u32,
     eos: u32,
+    /// Song frames handed out by [`DecodeState::take_final`].
+    delivered: usize,
+    /// An EOS was met while handing out frames: the song ends there.
+    song_ended: bool,
 }
 
 /// The result of a generation.
@@ -56,7 +60,39 @@ impl DecodeState {
             frames,
             special,
             eos,
+            delivered: 0,
+            song_ended: false,
         }
+    }
+
+    /// The song frames `[mixed, vocal, bgm]` that became final since the last call: every
+    /// stream has written them (a frame of time `t` is complete once the most delayed stream's
+    /// column `t + 1 + delay` is written) and none holds EOS, so they are a prefix of
+    /// [`Generation::tokens`] whatever comes next. Stops for good at the first EOS.
+    pub fn take_final(&mut self) -> Vec<[i64; 3]> {
+        if self.song_ended {
+            return Vec::new();
+        }
+        let delays = self.pattern.delays();
+        let max_delay = delays.iter().copied().max().unwrap_or(0);
+        let complete = self.offset.saturating_sub(1 + max_delay).min(self.frames);
+        let mut out = Vec::new();
+        while self.delivered < complete {
+            let t = self.delivered;
+            let frame: [i64; 3] = std::array::from_fn(|q| self.grid[q][t + 1 + delays[q]]);
+            if frame.contains(&(self.eos as i64)) {
+                self.song_ended = true;
+                break;
+            }
+            out.push(frame);
+            self.delivered += 1;
+        }
+        out
+    }
+
+    /// Frames handed out by [`Self::take_final`] so far.
+    pub fn delivered(&self) -> usize {
+        self.delivered
     }
 
     /// Model calls a full-length generation makes (one per written column).
@@ -171,6 +207,57 @@ mod tests {
         assert_eq!(g.fed_columns[0], [SP; 3]);
         assert_eq!(g.fed_columns[1], [0, SP, SP]);
         assert_eq!(g.tokens, [vec![0], vec![1], vec![2]]);
+    }
+
+    /// Runs like [`run`], collecting [`DecodeState::take_final`] after every step.
+    fn run_streaming(
+        frames: usize,
+        mut pick: impl FnMut(usize) -> [u32; 3],
+    ) -> (Generation, Vec<Vec<[i64; 3]>>) {
+        let mut st = DecodeState::new(DelayPattern::new(vec![0, 2, 2]), frames, SP, EOS);
+        let mut step = 0;
+        let mut handed = Vec::new();
+        while st.next_input().is_some() {
+            st.write(&pick(step));
+            handed.push(st.take_final());
+            step += 1;
+        }
+        (st.finish(), handed)
+    }
+
+    #[test]
+    fn final_frames_are_a_prefix_of_the_tokens_as_soon_as_every_stream_wrote_them() {
+        let pickers: [(usize, fn(usize) -> [u32; 3]); 3] = [
+            (6, |s| match s {
+                2 => [EOS, 1, 2],
+                3 => [0, EOS, EOS],
+                _ => [0, 1, 2],
+            }),
+            (5, |s| if s == 4 { [0, EOS, 1] } else { [0, 1, 2] }),
+            (4, |s| [s as u32, 10 + s as u32, 20 + s as u32]),
+        ];
+        for (frames, pick) in pickers {
+            let (g, handed) = run_streaming(frames, pick);
+            let flat: Vec<[i64; 3]> = handed.iter().flatten().copied().collect();
+            let t = g.tokens[0].len();
+            assert!(flat.len() <= t);
+            for (i, f) in flat.iter().enumerate() {
+                assert_eq!(*f, [g.tokens[0][i], g.tokens[1][i], g.tokens[2][i]]);
+            }
+            // Frame t is handed out right after the step writing column t + 1 + 2.
+            for (step, h) in handed.iter().enumerate() {
+                let before: usize = handed[..step].iter().map(Vec::len).sum();
+                for (j, _) in h.iter().enumerate() {
+                    assert_eq!(before + j + 3, step + 1, "frames {frames}");
+                }
+            }
+        }
+        // Without any EOS every frame but the ones the last step completes is handed out.
+        let (g, handed) = run_streaming(4, |s| [s as u32, 10 + s as u32, 20 + s as u32]);
+        assert_eq!(
+            handed.iter().map(Vec::len).sum::<usize>(),
+            g.tokens[0].len()
+        );
     }
 
     #[test]

@@ -192,14 +192,48 @@ impl LanguageModel {
         seed: u64,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Tensor> {
+        self.generate_streaming(req, opts, seed, progress, &mut |_| {})
+    }
+
+    /// [`Self::generate`], handing the song's frames `[mixed, vocal, bgm]` to `on_frames` in
+    /// order as soon as they are final (every stream has written them: the vocal and bgm tokens
+    /// of time `t` come `delay` steps after the mixed one); all of them together are exactly
+    /// the returned tokens.
+    pub fn generate_streaming(
+        &mut self,
+        req: &LmRequest,
+        opts: &SamplingOptions,
+        seed: u64,
+        progress: &mut ProgressFn<'_>,
+        on_frames: &mut dyn FnMut(&[[i64; 3]]),
+    ) -> Result<Tensor> {
         let prompt = req
             .prompt_tokens
             .as_ref()
             .map(|t| prompt_rows(t, self.cfg.special_id()))
             .transpose()?;
         let texts = req.texts(self.cfg.version);
-        let g = self.generate_texts(&texts, prompt.as_deref(), opts, seed, progress)?;
+        let mut delivered = 0;
+        let mut on_final = |f: &[[i64; 3]]| {
+            delivered += f.len();
+            on_frames(f);
+        };
+        let g = self.generate_inner(
+            &texts,
+            prompt.as_deref(),
+            opts,
+            seed,
+            progress,
+            &mut on_final,
+        )?;
         let t = g.tokens[0].len();
+        // The frames before the cut that no later step completed (the generation stopped).
+        let rest: Vec<[i64; 3]> = (delivered.min(t)..t)
+            .map(|i| std::array::from_fn(|q| g.tokens[q][i]))
+            .collect();
+        if !rest.is_empty() {
+            on_frames(&rest);
+        }
         let flat: Vec<i64> = g.tokens.into_iter().flatten().collect();
         Ok(Tensor::from_vec(flat, (1, 3, t), &Device::Cpu)?)
     }
@@ -212,6 +246,18 @@ impl LanguageModel {
         opts: &SamplingOptions,
         seed: u64,
         progress: &mut ProgressFn<'_>,
+    ) -> Result<Generation> {
+        self.generate_inner(texts, prompt, opts, seed, progress, &mut |_| {})
+    }
+
+    fn generate_inner(
+        &mut self,
+        texts: &TextConditions,
+        prompt: Option<&[Vec<u32>]>,
+        opts: &SamplingOptions,
+        seed: u64,
+        progress: &mut ProgressFn<'_>,
+        on_final: &mut dyn FnMut(&[[i64; 3]]),
     ) -> Result<Generation> {
         let cfg = &self.cfg;
         let prompt = self.conditioners.prompt.fit(prompt);
@@ -256,6 +302,10 @@ impl LanguageModel {
             let rows: Vec<Vec<Vec<f32>>> = last.to_vec3()?;
             let guided = processor.guide(&rows[0], &rows[1], state.pool(), &banned);
             state.write(&processor.choose(&guided, &mut rng));
+            let fresh = state.take_final();
+            if !fresh.is_empty() {
+                on_final(&fresh);
+            }
             let done = state.steps_done() as u64;
             let secs = started.elapsed().as_secs_f64();
             report(

@@ -16,6 +16,10 @@ impl DelayPattern {
         Self { delays }
     }
 
+    pub fn delays(&self) -> &[usize] {
+        &self.delays
+    }
+
     pub fn streams(&self) -> usize {
         self.delays.len()
     }

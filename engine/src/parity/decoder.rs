@@ -316,13 +316,13 @@ impl Suite for DecoderSuite {
                 } else {
                     None
                 };
-                let mut noise = Noise::given(self.input(case, inputs, "in.noise")?);
+                let noise = Noise::given(self.input(case, inputs, "in.noise")?);
                 let r = self.renderer.render_stem(
                     stem,
                     &vocal,
                     &bgm,
                     prompt.as_ref(),
-                    &mut noise,
+                    noise,
                     &mut no_progress(),
                 )?;
                 let l = r.plan.vocal.len();

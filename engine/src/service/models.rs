@@ -3,18 +3,24 @@
 //! the prompt encoder ([`crate::prompt`]) and the auto-prompt library
 //! ([`crate::prompt::auto_prompt`]), loaded on first use since most jobs need neither.
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use crossbeam_channel::Receiver;
 
 use crate::io::audio::{Audio, SAMPLE_RATE};
 use crate::lm::{LanguageModel, LmRequest};
 use crate::paths::ModelPaths;
-use crate::progress::ProgressFn;
+use crate::progress::{report, Cancelled, Progress, ProgressFn};
 use crate::prompt::auto_prompt::AutoPromptLibrary;
 use crate::prompt::{JobPrompt, PromptEncoder};
 use crate::protocol::{GenType, SamplingOptions, Stem};
+use crate::render::renderer::{RenderStream, SpanSink};
 use crate::render::{PromptSet, Renderer};
-use crate::service::pipeline::{LmInput, SongModel};
+use crate::service::pipeline::{AudioChunk, AudioSink, Generated, LmInput, Seeds, SongModel};
 
 /// Everything a job needs, on one device.
 pub struct Models {
@@ -122,13 +128,91 @@ impl SongModel for Models {
         seed: u64,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Tensor> {
-        let req = LmRequest {
-            lyrics: input.lyrics.clone(),
-            descriptions: input.descriptions.clone(),
-            gen_type: input.gen_type,
-            prompt_tokens: input.prompt_tokens.clone(),
+        self.lm
+            .generate(&lm_request(input), sampling, seed, progress)
+    }
+
+    /// The LM on a second thread, the renderer on this one: every window is rendered as soon as
+    /// the LM has produced its codes (its end plus the vocal/bgm delay of the pattern), and each
+    /// span of audio goes to `sink` once final. The LM's progress is relayed between the
+    /// renderer's units of work; a cancel (or a render error) stops the LM at its next step.
+    fn generate(
+        &mut self,
+        input: &LmInput,
+        sampling: &SamplingOptions,
+        prompts: &PromptSet,
+        seeds: Seeds,
+        progress: &mut ProgressFn<'_>,
+        sink: &mut AudioSink<'_>,
+    ) -> Result<Generated> {
+        let req = lm_request(input);
+        let lm = &mut self.lm;
+        let mut stream = self
+            .renderer
+            .stream(prompts, input.gen_type, seeds.render)?;
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = crossbeam_channel::unbounded::<LmMsg>();
+        let mut on_span = |stem: Stem, start: usize, audio: &Tensor| -> Result<()> {
+            let channels = audio.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            sink(&AudioChunk {
+                stem,
+                start: start as u64,
+                channels,
+            })
         };
-        self.lm.generate(&req, sampling, seed, progress)
+        std::thread::scope(|s| {
+            let stop = &stop;
+            let lm_thread = std::thread::Builder::new()
+                .name("songgen-lm".into())
+                .spawn_scoped(s, move || {
+                    let started = Instant::now();
+                    let frames_tx = tx.clone();
+                    let mut on_progress = |p: Progress| {
+                        let _ = tx.send(LmMsg::Progress(p));
+                        if stop.load(Ordering::SeqCst) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    };
+                    let mut on_frames = |f: &[[i64; 3]]| {
+                        let _ = frames_tx.send(LmMsg::Frames(f.to_vec()));
+                    };
+                    let tokens = lm.generate_streaming(
+                        &req,
+                        sampling,
+                        seeds.lm,
+                        &mut on_progress,
+                        &mut on_frames,
+                    );
+                    (tokens, started.elapsed().as_secs_f64())
+                })
+                .context("starting the LM thread")?;
+            let rendered = render_as_tokens_arrive(&mut stream, &rx, progress, &mut on_span);
+            if rendered.is_err() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            let (tokens, lm_s) = match lm_thread.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            // A cancel seen by the renderer is the job's outcome, whatever the LM returned.
+            rendered?;
+            let tokens = tokens?;
+            if stream.song_frames() != tokens.dim(2)? {
+                bail!(
+                    "internal: the LM streamed {} frames but returned {}",
+                    stream.song_frames(),
+                    tokens.dim(2)?
+                );
+            }
+            stream.finish(progress, &mut on_span)?;
+            Ok(Generated { tokens, lm_s })
+        })
+    }
+
+    fn max_frames(&self) -> Option<u64> {
+        Some(self.lm.max_gen_len() as u64 * self.renderer.config().window.samples_per_frame as u64)
     }
 
     fn render(
@@ -163,4 +247,65 @@ impl SongModel for Models {
             })
             .collect()
     }
+}
+
+fn lm_request(input: &LmInput) -> LmRequest {
+    LmRequest {
+        lyrics: input.lyrics.clone(),
+        descriptions: input.descriptions.clone(),
+        gen_type: input.gen_type,
+        prompt_tokens: input.prompt_tokens.clone(),
+    }
+}
+
+/// What the LM thread tells the renderer.
+enum LmMsg {
+    Progress(Progress),
+    /// Final song frames (mixed, vocal, bgm), in order.
+    Frames(Vec<[i64; 3]>),
+}
+
+/// Feeds the LM's frames to `stream` until the LM thread ends, rendering every window they
+/// complete. LM progress is passed on to `progress` as it comes, also while a window renders.
+fn render_as_tokens_arrive(
+    stream: &mut RenderStream<'_>,
+    rx: &Receiver<LmMsg>,
+    progress: &mut ProgressFn<'_>,
+    sink: &mut SpanSink<'_>,
+) -> Result<()> {
+    fn take(
+        msg: LmMsg,
+        incoming: &mut Vec<[i64; 3]>,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<(), Cancelled> {
+        match msg {
+            LmMsg::Frames(f) => incoming.extend(f),
+            LmMsg::Progress(p) => report(progress, p)?,
+        }
+        Ok(())
+    }
+    let mut incoming: Vec<[i64; 3]> = Vec::new();
+    // The channel closes when the LM thread ends.
+    while let Ok(msg) = rx.recv() {
+        take(msg, &mut incoming, progress)?;
+        while let Ok(msg) = rx.try_recv() {
+            take(msg, &mut incoming, progress)?;
+        }
+        while !incoming.is_empty() {
+            let vocal: Vec<i64> = incoming.iter().map(|f| f[1]).collect();
+            let bgm: Vec<i64> = incoming.iter().map(|f| f[2]).collect();
+            incoming.clear();
+            stream.push(&vocal, &bgm)?;
+            let mut relay = |p: Progress| {
+                while let Ok(msg) = rx.try_recv() {
+                    if take(msg, &mut incoming, progress).is_err() {
+                        return ControlFlow::Break(());
+                    }
+                }
+                progress(p)
+            };
+            stream.render_ready(&mut relay, sink)?;
+        }
+    }
+    Ok(())
 }

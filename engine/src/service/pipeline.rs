@@ -27,6 +27,40 @@ use crate::tags::{self, AUTO_PROMPT_GENRES};
 /// Codec frames per second of the LM tokens.
 pub const FRAME_RATE: u32 = 25;
 
+/// A span of one stem's audio that is final: 48 kHz planar channels starting at sample frame
+/// `start` of the stem. A stem's chunks come in order and without gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioChunk {
+    pub stem: Stem,
+    pub start: u64,
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl AudioChunk {
+    pub fn frames(&self) -> usize {
+        self.channels.iter().map(Vec::len).min().unwrap_or(0)
+    }
+}
+
+/// Receives each [`AudioChunk`] as it becomes final; an error stops the job.
+pub type AudioSink<'a> = dyn FnMut(&AudioChunk) -> anyhow::Result<()> + 'a;
+
+/// The seeds of the LM and the renderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seeds {
+    pub lm: u64,
+    pub render: u64,
+}
+
+/// What [`SongModel::generate`] returns besides the audio.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// `[1, 3, T]` i64, as [`SongModel::tokens`] returns them.
+    pub tokens: Tensor,
+    /// Seconds the LM ran.
+    pub lm_s: f64,
+}
+
 /// The LM's inputs for one job, as the user gave them (the model applies its own per-version
 /// text rules, e.g. v2's `[Musicality-very-high]` prefix and `'.'` lyrics for `bgm`).
 #[derive(Debug, Clone)]
@@ -81,6 +115,38 @@ pub trait SongModel: Send {
         seed: u64,
         progress: &mut ProgressFn<'_>,
     ) -> anyhow::Result<Vec<(Stem, Audio)>>;
+    /// Runs the LM and renders its tokens, handing every stem's audio to `sink` in order, span
+    /// by span as it becomes final (each stem's spans concatenated are exactly what
+    /// [`Self::render`] of the returned tokens gives). Models that can, render while the LM
+    /// runs; this default runs [`Self::tokens`], then [`Self::render`], and hands out each stem
+    /// whole.
+    fn generate(
+        &mut self,
+        input: &LmInput,
+        sampling: &SamplingOptions,
+        prompts: &PromptSet,
+        seeds: Seeds,
+        progress: &mut ProgressFn<'_>,
+        sink: &mut AudioSink<'_>,
+    ) -> anyhow::Result<Generated> {
+        let started = Instant::now();
+        let tokens = self.tokens(input, sampling, seeds.lm, progress)?;
+        let lm_s = started.elapsed().as_secs_f64();
+        for (stem, audio) in
+            self.render(&tokens, prompts, input.gen_type, seeds.render, progress)?
+        {
+            sink(&AudioChunk {
+                stem,
+                start: 0,
+                channels: audio.channels,
+            })?;
+        }
+        Ok(Generated { tokens, lm_s })
+    }
+    /// The longest stem a job can produce, in sample frames (the LM's length limit), when known.
+    fn max_frames(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a job failed. Input problems are found before any model runs.
@@ -104,10 +170,16 @@ pub enum PipelineError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timings {
     pub prompt_s: f64,
+    /// The LM alone (it runs alongside the renderer).
     pub lm_s: f64,
+    /// LM and renderer together, from the first LM step to the last audio.
+    pub generate_s: f64,
+    /// Rendering left after the LM finished: the part of the renderer pipelining cannot hide.
     pub render_s: f64,
     pub write_s: f64,
     pub total_s: f64,
+    /// From the start of the job to the first final audio of any stem (`None`: no audio).
+    pub first_audio_s: Option<f64>,
 }
 
 /// What a finished job wrote.
@@ -265,12 +337,26 @@ pub fn stage_seed(seed: u64, stage: Stage) -> u64 {
 }
 
 /// Runs a prepared job. `progress` sees every stage's progress; returning `Break` cancels the job
-/// at the next unit of work, and nothing is written after that. Stems already written stay.
+/// at the next unit of work. Nothing is left under a final name by a cancelled or failed job.
 pub fn run(
     model: &mut dyn SongModel,
     job: &PreparedJob,
     seed: u64,
     progress: &mut ProgressFn<'_>,
+) -> Result<JobOutput, PipelineError> {
+    run_streaming(model, job, seed, progress, &mut |_| {})
+}
+
+/// [`run`], handing every stem's audio to `on_chunk` as it becomes final (in order per stem;
+/// the stems of `separate` fill in lockstep). Each stem is written as it arrives, to a hidden
+/// temporary file in the output folder (a valid, growing WAV) that is renamed to its final
+/// name once the job is complete.
+pub fn run_streaming(
+    model: &mut dyn SongModel,
+    job: &PreparedJob,
+    seed: u64,
+    progress: &mut ProgressFn<'_>,
+    on_chunk: &mut dyn FnMut(&AudioChunk),
 ) -> Result<JobOutput, PipelineError> {
     let started = Instant::now();
     let mut timings = Timings::default();
@@ -314,16 +400,56 @@ pub fn run(
         prompt_tokens: prompt.as_ref().map(|p| p.tokens.clone()),
         gen_type: job.job.gen_type,
     };
-    let tokens = model
-        .tokens(
+    let mut writers = job
+        .stems
+        .iter()
+        .map(|(stem, path)| {
+            audio::WavStream::create(path, 2, audio::SAMPLE_RATE, job.job.overwrite)
+                .map(|w| (*stem, w))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut first_audio = None;
+    let mut sink = |c: &AudioChunk| -> anyhow::Result<()> {
+        let Some((_, w)) = writers.iter_mut().find(|(s, _)| *s == c.stem) else {
+            anyhow::bail!(
+                "the renderer produced a {} stem this job does not have",
+                c.stem.name()
+            );
+        };
+        if c.start != w.frames() {
+            anyhow::bail!(
+                "internal: {} audio from frame {} after {} frames",
+                c.stem.name(),
+                c.start,
+                w.frames()
+            );
+        }
+        let channels: Vec<&[f32]> = c.channels.iter().map(Vec::as_slice).collect();
+        w.append(&channels)?;
+        first_audio.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        on_chunk(c);
+        Ok(())
+    };
+    let no_prompt = PromptSet::none();
+    let seeds = Seeds {
+        lm: stage_seed(seed, Stage::Lm),
+        render: stage_seed(seed, Stage::Render),
+    };
+    let generated = model
+        .generate(
             &input,
             &job.job.sampling,
-            stage_seed(seed, Stage::Lm),
+            prompt.as_ref().map_or(&no_prompt, |p| &p.render),
+            seeds,
             progress,
+            &mut sink,
         )
-        .map_err(stage_err(Stage::Lm))?;
-    timings.lm_s = t.elapsed().as_secs_f64();
-    let token_frames = match tokens.dims() {
+        .map_err(stage_err(Stage::Render))?;
+    timings.generate_s = t.elapsed().as_secs_f64();
+    timings.lm_s = generated.lm_s;
+    timings.render_s = (timings.generate_s - generated.lm_s).max(0.0);
+    timings.first_audio_s = first_audio;
+    let token_frames = match generated.tokens.dims() {
         [1, 3, t] => *t as u64,
         dims => {
             return Err(PipelineError::Model {
@@ -334,31 +460,31 @@ pub fn run(
     };
 
     let t = Instant::now();
-    let no_prompt = PromptSet::none();
-    let stems = model
-        .render(
-            &tokens,
-            prompt.as_ref().map_or(&no_prompt, |p| &p.render),
-            job.job.gen_type,
-            stage_seed(seed, Stage::Render),
-            progress,
-        )
-        .map_err(stage_err(Stage::Render))?;
-    timings.render_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
     let mut written = BTreeMap::new();
-    let mut frames = 0;
-    let total = job.stems.len() as u64;
-    for (i, (kind, path)) in job.stems.iter().enumerate() {
-        let Some((_, audio)) = stems.iter().find(|(k, _)| k == kind) else {
-            return Err(PipelineError::Model {
-                stage: Stage::Render,
-                source: anyhow::anyhow!("the renderer returned no {} stem", kind.name()),
-            });
-        };
-        audio::write_wav(path, audio, job.job.overwrite)?;
-        frames = audio.frames() as u64;
+    let frames = writers.first().map_or(0, |(_, w)| w.frames());
+    if let Some((stem, w)) = writers
+        .iter()
+        .find(|(_, w)| w.frames() != frames || frames == 0)
+    {
+        return Err(PipelineError::Model {
+            stage: Stage::Render,
+            source: anyhow::anyhow!(
+                "the renderer produced {} frames of the {} stem, {frames} of the {}",
+                w.frames(),
+                stem.name(),
+                writers[0].0.name()
+            ),
+        });
+    }
+    let total = writers.len() as u64;
+    for (i, (kind, w)) in writers.into_iter().enumerate() {
+        w.finish()?;
+        let path = &job
+            .stems
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .expect("a writer per stem")
+            .1;
         written.insert(kind.name().to_string(), path.clone());
         let done = Progress {
             stage: Stage::Write,

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::protocol::{Event, Job, Request, Stage, PROTOCOL_VERSION};
+use crate::protocol::{encode_samples, Event, Job, Request, Stage, PROTOCOL_VERSION};
+use crate::service::pipeline::AudioChunk;
 use crate::service::pipeline::{self, PipelineError, SongModel};
 
 /// Where a connection's events go: one JSON object per line, flushed after each.
@@ -61,6 +62,9 @@ pub struct Engine {
 
 /// Minimum time between two progress events of one stage (the last unit is always sent).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest `chunk` event in sample frames (5 s: a 2.6 MB line); longer final spans are split.
+const CHUNK_FRAMES: usize = 240_000;
 
 impl Engine {
     /// Starts the worker thread that owns `model`.
@@ -270,18 +274,21 @@ fn run_one(model: &mut dyn SongModel, q: &Queued) {
     q.sink.send(&Event::Started {
         id: q.id.clone(),
         seed,
+        max_frames: model.max_frames(),
     });
-    let mut last: Option<(Stage, Instant)> = None;
+    // Stages run side by side (LM and renderer), so each is throttled on its own.
+    let mut last: Vec<(Stage, Instant)> = Vec::new();
     let mut progress = |p: crate::progress::Progress| {
         if q.cancel.load(Ordering::SeqCst) {
             return ControlFlow::Break(());
         }
-        let due = match last {
-            Some((stage, at)) => stage != p.stage || at.elapsed() >= PROGRESS_INTERVAL,
-            None => true,
-        };
+        let seen = last.iter().position(|(s, _)| *s == p.stage);
+        let due = seen.is_none_or(|i| last[i].1.elapsed() >= PROGRESS_INTERVAL);
         if due || p.done == p.total {
-            last = Some((p.stage, Instant::now()));
+            match seen {
+                Some(i) => last[i].1 = Instant::now(),
+                None => last.push((p.stage, Instant::now())),
+            }
             q.sink.send(&Event::Progress {
                 id: q.id.clone(),
                 stage: p.stage,
@@ -292,7 +299,23 @@ fn run_one(model: &mut dyn SongModel, q: &Queued) {
         }
         ControlFlow::Continue(())
     };
-    match pipeline::run(model, &prepared, seed, &mut progress) {
+    let mut on_chunk = |c: &AudioChunk| {
+        let n = c.frames();
+        let mut at = 0;
+        while at < n {
+            let len = CHUNK_FRAMES.min(n - at);
+            let channels: Vec<&[f32]> = c.channels.iter().map(|ch| &ch[at..at + len]).collect();
+            q.sink.send(&Event::Chunk {
+                id: q.id.clone(),
+                stem: c.stem,
+                start: c.start + at as u64,
+                frames: len as u64,
+                data: encode_samples(&channels),
+            });
+            at += len;
+        }
+    };
+    match pipeline::run_streaming(model, &prepared, seed, &mut progress, &mut on_chunk) {
         Ok(out) => q.sink.send(&Event::Done {
             id: q.id.clone(),
             stems: out.stems,

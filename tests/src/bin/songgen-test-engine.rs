@@ -76,6 +76,7 @@ fn main() {
                 emit(&Event::Started {
                     id: id.clone(),
                     seed,
+                    max_frames: None,
                 });
                 for done in 0..=4 {
                     emit(&Event::Progress {
