@@ -953,14 +953,6 @@ impl Worker {
         }
         self.running = Some(id.clone());
         self.running_job = Some(job.clone());
-        self.status().job = Some(JobProgress {
-            take_id: id.clone(),
-            stage: None,
-            done: 0,
-            total: 0,
-            started: Instant::now(),
-            stage_started: Instant::now(),
-        });
         // The new take plays as it fills in.
         self.params.takes.update(|t| t.selected = Some(id.clone()));
         self.status().job = Some(JobProgress::new(id.clone()));
