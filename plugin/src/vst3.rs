@@ -183,6 +183,21 @@ impl<P: Vst3Plugin> Vst3Component<P> {
     }
 }
 
+impl<P: Vst3Plugin> Vst3Component<P> {
+    /// Whether parameter `id` has discrete steps (a choice, toggle or integer).
+    fn is_stepped(&self, id: ParamID) -> bool {
+        // SAFETY: plain queries on the wrapped controller with a valid out pointer.
+        unsafe {
+            (0..self.inner.getParameterCount()).any(|i| {
+                let mut info: ParameterInfo = std::mem::zeroed();
+                self.inner.getParameterInfo(i, &mut info) == kResultOk
+                    && info.id == id
+                    && info.stepCount > 0
+            })
+        }
+    }
+}
+
 impl<P: Vst3Plugin> Default for Vst3Component<P> {
     fn default() -> Self {
         Self::new()
@@ -402,7 +417,14 @@ impl<P: Vst3Plugin> IEditControllerTrait for Vst3Component<P> {
         unsafe { self.inner.normalizedParamToPlain(id, value_normalized) }
     }
     unsafe fn plainParamToNormalized(&self, id: ParamID, plain_value: ParamValue) -> ParamValue {
-        unsafe { self.inner.plainParamToNormalized(id, plain_value) }
+        // nice-plug truncates a stepped parameter's plain value (`as i32`), so a host setting
+        // 0.75 of a 0..3 choice got step 0 while it showed 0.75. Round to the nearest step.
+        let plain = if self.is_stepped(id) {
+            plain_value.round()
+        } else {
+            plain_value
+        };
+        unsafe { self.inner.plainParamToNormalized(id, plain) }
     }
     unsafe fn getParamNormalized(&self, id: ParamID) -> ParamValue {
         unsafe { self.inner.getParamNormalized(id) }

@@ -34,13 +34,14 @@ local function print_params(proc)
   local pi = proc:to_insert():plugin(0)
   for i = 0, pi:parameter_count() - 1 do
     if pi:parameter_is_input(i) then
-      say("param", pi:parameter_label(i), ARDOUR.LuaAPI.get_processor_param(proc, i, true))
+      local value = ARDOUR.LuaAPI.get_processor_param(proc, i, true)
+      say("param", pi:parameter_label(i), value)
     end
   end
 end
 
 local function roll(seconds, tag)
-  Session:request_transport_speed(1.0, true, ARDOUR.TransportRequestSource.TRS_UI)
+  Session:request_roll(ARDOUR.TransportRequestSource.TRS_UI)
   local max = 0
   for i = 1, math.floor(seconds * 10) do
     ARDOUR.LuaAPI.usleep(100000)
@@ -72,6 +73,8 @@ if mode == "create" then
   if idx == nil then say("ERROR: no parameter Main output"); close_session(); os.exit(6) end
   if main_output then
     say("set_main_output", ARDOUR.LuaAPI.set_processor_param(proc, idx, main_output))
+    -- Parameter changes reach a VST3 through process(); let a few cycles run.
+    ARDOUR.LuaAPI.usleep(500000)
   end
   print_params(proc)
   Session:save_state("", false, false, false, false, false)
