@@ -160,7 +160,7 @@ impl Plugin for SongGen {
         config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
-        let (recorder, recorder_link) = Recorder::new(config.sample_rate);
+        let (recorder, recorder_link) = Recorder::without_buffer();
         let (player, player_link) = Player::new();
         self.recorder = Some(recorder);
         self.player = Some(player);

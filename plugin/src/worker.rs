@@ -14,7 +14,7 @@ use nice_plug::prelude::*;
 use nice_plug_egui::RepaintNotifier;
 use songgen_engine::protocol::{Event, Job, Request, Stage, StylePrompt};
 
-use crate::capture::{CaptureControl, CapturePhase, RecorderLink};
+use crate::capture::{CaptureBuffer, CaptureControl, CapturePhase, RecorderLink};
 use crate::engine::{self, EngineMsg, EngineProcess};
 use crate::files;
 use crate::lyrics;
@@ -270,10 +270,13 @@ impl Worker {
         match cmd {
             Command::Activated {
                 sample_rate,
-                recorder,
+                mut recorder,
                 player,
                 loaded,
             } => {
+                // The capture buffer is allocated here, not in the host's activate call.
+                let buffer = Box::new(CaptureBuffer::new(sample_rate));
+                let _ = recorder.recycled.push(buffer);
                 self.sample_rate = sample_rate;
                 self.shared.play.set_sample_rate(sample_rate as f64);
                 self.recorder = Some(recorder);
