@@ -226,13 +226,23 @@ pub struct RecorderLink {
 }
 
 impl Recorder {
-    /// Allocates the capture buffer for `sample_rate` (call from `activate()`).
+    /// A recorder with its capture buffer for `sample_rate` allocated.
     pub fn new(sample_rate: f32) -> (Self, RecorderLink) {
+        let (mut rec, link) = Self::without_buffer();
+        rec.buffer = Some(Box::new(CaptureBuffer::new(sample_rate)));
+        (rec, link)
+    }
+
+    /// A recorder that takes its capture buffer from the `recycled` ring. `activate()` uses
+    /// this and leaves the allocation to the worker: a 30 s buffer took 12–130 ms to allocate,
+    /// and hosts activate plugins under their process lock (Ardour's DSP load hit 99 % on
+    /// every insert of the plugin).
+    pub fn without_buffer() -> (Self, RecorderLink) {
         let (done_tx, done_rx) = rtrb::RingBuffer::new(2);
         let (back_tx, back_rx) = rtrb::RingBuffer::new(2);
         (
             Self {
-                buffer: Some(Box::new(CaptureBuffer::new(sample_rate))),
+                buffer: None,
                 state: State::Idle,
                 done: done_tx,
                 recycled: back_rx,

@@ -25,7 +25,7 @@ use songgen_protocol::GenType;
 use crate::capture::{capture_warnings, CapturePhase, CaptureSource};
 use crate::files;
 use crate::lyrics::{self, INSTRUMENTAL_TAGS, VOCAL_TAGS};
-use crate::params::SongGenParams;
+use crate::params::{EditorSize, SongGenParams};
 use crate::playback::MainOutput;
 use crate::session::{prompt_notes, Draft, PromptSource, TakeStatus, Takes};
 use crate::worker::{Command, EngineState, Shared, UiStatus};
@@ -49,7 +49,20 @@ pub fn create(
     create_egui_editor(
         state,
         repaint,
-        EguiNiceSettings::new().with_tile("SongGen"),
+        EguiNiceSettings::new()
+            .with_tile("SongGen")
+            // The host may resize the window; the size is saved with the project
+            // (`SongGenParams::editor_size`).
+            .with_resize_hint(ResizeHint::resizable().with_min_max_logical_size(
+                Some(nice_plug::editor::dpi::LogicalSize::new(
+                    EditorSize::MIN.0 as f32,
+                    EditorSize::MIN.1 as f32,
+                )),
+                Some(nice_plug::editor::dpi::LogicalSize::new(
+                    EditorSize::MAX.0 as f32,
+                    EditorSize::MAX.1 as f32,
+                )),
+            )),
         app,
     )
 }

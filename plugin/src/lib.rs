@@ -7,6 +7,7 @@
 //! ([`editor`]) sends it commands and shows its status.
 
 pub mod capture;
+pub mod clap;
 pub mod editor;
 pub mod engine;
 pub mod files;
@@ -15,13 +16,14 @@ pub mod params;
 pub mod playback;
 pub mod session;
 pub mod timeline;
+pub mod vst3;
 pub mod worker;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nice_plug::prelude::*;
-use nice_plug_egui::{EguiEditor, EguiEditorState, RepaintNotifier};
+use nice_plug_egui::{EguiEditor, RepaintNotifier};
 
 use capture::{CaptureSource, Recorder};
 use params::SongGenParams;
@@ -36,13 +38,17 @@ pub struct SongGen {
     params: Arc<SongGenParams>,
     shared: Arc<Shared>,
     status: Arc<Mutex<UiStatus>>,
-    editor_state: Arc<EguiEditorState>,
     repaint: RepaintNotifier,
     worker: WorkerHandle,
     recorder: Option<Recorder>,
     player: Option<Player>,
     /// Last seen value of the "Arm capture" parameter (its edges arm and disarm).
     capture_arm: bool,
+    /// Whether the host activated the plugin for offline rendering.
+    offline: bool,
+    /// Samples rendered since activation or reset: the timeline of an offline render whose host
+    /// reports no playing transport (batch renderers such as pedalboard have no playhead).
+    free_run: i64,
 }
 
 impl Default for SongGen {
@@ -61,18 +67,13 @@ impl Default for SongGen {
             params,
             shared,
             status,
-            editor_state: EguiEditorState::from_size(
-                nice_plug::editor::dpi::LogicalSize::new(
-                    editor::WIDTH as f64,
-                    editor::HEIGHT as f64,
-                ),
-                1.0,
-            ),
             repaint,
             worker,
             recorder: None,
             player: None,
             capture_arm: false,
+            offline: false,
+            free_run: 0,
         }
     }
 }
@@ -84,22 +85,53 @@ impl Plugin for SongGen {
     const EMAIL: &'static str = "songgen@example.invalid";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
-        main_input_channels: NonZeroU32::new(2),
-        // The main output carries the input plus the take per the "Main output" parameter. It
-        // keeps the default "Output" name: nice-plug 0.4 reads a custom main-output name from
-        // the main-input slot.
-        main_output_channels: NonZeroU32::new(2),
-        aux_input_ports: &[new_nonzero_u32(2)],
-        aux_output_ports: &[new_nonzero_u32(2), new_nonzero_u32(2)],
-        names: PortNames {
-            layout: Some("Stereo + stems"),
-            main_input: None,
-            main_output: None,
-            aux_inputs: &["Style Sidechain"],
-            aux_outputs: &["Vocals", "Accompaniment"],
+    // The first layout is the default and the one VST3 hosts get (VST3 cannot drop buses; its
+    // hosts may leave the stem buses and the sidechain inactive instead, which `vst3` handles).
+    // CLAP hosts may pick a smaller one through `audio-ports-config`, e.g. when only the main
+    // output is wanted. The main output carries the input plus the take per the "Main output"
+    // parameter; it keeps the default "Output" name: nice-plug 0.4 reads a custom main-output
+    // name from the main-input slot.
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(2),
+            main_output_channels: NonZeroU32::new(2),
+            aux_input_ports: &[new_nonzero_u32(2)],
+            aux_output_ports: &[new_nonzero_u32(2), new_nonzero_u32(2)],
+            names: PortNames {
+                layout: Some("Stereo + stems"),
+                main_input: None,
+                main_output: None,
+                aux_inputs: &["Style Sidechain"],
+                aux_outputs: &["Vocals", "Accompaniment"],
+            },
         },
-    }];
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(2),
+            main_output_channels: NonZeroU32::new(2),
+            aux_input_ports: &[new_nonzero_u32(2)],
+            aux_output_ports: &[],
+            names: PortNames {
+                layout: Some("Stereo + sidechain"),
+                main_input: None,
+                main_output: None,
+                aux_inputs: &["Style Sidechain"],
+                aux_outputs: &[],
+            },
+        },
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(2),
+            main_output_channels: NonZeroU32::new(2),
+            aux_input_ports: &[],
+            aux_output_ports: &[],
+            names: PortNames {
+                layout: Some("Stereo"),
+                main_input: None,
+                main_output: None,
+                aux_inputs: &[],
+                aux_outputs: &[],
+            },
+        },
+    ];
 
     type SysExMessage = ();
     type BackgroundTask = ();
@@ -111,7 +143,7 @@ impl Plugin for SongGen {
 
     fn editor(&mut self, _executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
         editor::create(
-            self.editor_state.clone(),
+            self.params.editor_size.open_state(),
             self.repaint.clone(),
             editor::EditorApp::new(
                 self.params.clone(),
@@ -128,12 +160,14 @@ impl Plugin for SongGen {
         config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
-        let (recorder, recorder_link) = Recorder::new(config.sample_rate);
+        let (recorder, recorder_link) = Recorder::without_buffer();
         let (player, player_link) = Player::new();
         self.recorder = Some(recorder);
         self.player = Some(player);
         self.capture_arm = self.params.capture_arm.value();
         let offline = config.process_mode == ProcessMode::Offline;
+        self.offline = offline;
+        self.free_run = 0;
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         let sent = self.worker.tx.send(Command::Activated {
             sample_rate: config.sample_rate,
@@ -148,13 +182,27 @@ impl Plugin for SongGen {
         true
     }
 
+    fn reset(&mut self) {
+        self.free_run = 0;
+    }
+
     fn process(
         &mut self,
         buffer: &mut Buffer,
         aux: &mut AuxiliaryBuffers,
         context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
-        let timeline = Timeline::from_transport(context.transport());
+        let mut timeline = Timeline::from_transport(context.transport());
+        if self.offline && !timeline.playing {
+            // An offline render always moves forward; without a playing host transport, take
+            // the render's own sample count as the timeline (from 0 at activation/reset).
+            timeline = Timeline {
+                playing: true,
+                pos: Some(self.free_run),
+                loop_range: None,
+            };
+        }
+        self.free_run += buffer.samples() as i64;
 
         let arm = self.params.capture_arm.value();
         if arm != self.capture_arm {
@@ -227,5 +275,7 @@ impl Vst3Plugin for SongGen {
         &[Vst3SubCategory::Instrument, Vst3SubCategory::Generator];
 }
 
-nice_export_clap!(SongGen);
-nice_export_vst3!(SongGen);
+// nice-plug's CLAP wrapper plus port activation and 64-bit audio (see `clap`).
+export_clap!(SongGen);
+// nice-plug's VST3 wrapper behind stand-in buffers for inactive buses (see `vst3`).
+export_vst3!(SongGen);

@@ -18,8 +18,8 @@ use nice_plug_egui::RepaintNotifier;
 use songgen_protocol::{decode_samples, Event, GenType, Job, Request, Stage, Stem, StylePrompt};
 
 use crate::capture::{
-    capture_warnings, CaptureControl, CaptureLevel, CapturePhase, RecorderLink, ENGINE_MIN_SECONDS,
-    SILENCE_DBFS,
+    capture_warnings, CaptureBuffer, CaptureControl, CaptureLevel, CapturePhase, RecorderLink,
+    ENGINE_MIN_SECONDS, SILENCE_DBFS,
 };
 use crate::engine::{self, EngineMsg, EngineProcess};
 use crate::files;
@@ -406,10 +406,13 @@ impl Worker {
         match cmd {
             Command::Activated {
                 sample_rate,
-                recorder,
+                mut recorder,
                 player,
                 loaded,
             } => {
+                // The capture buffer is allocated here, not in the host's activate call.
+                let buffer = Box::new(CaptureBuffer::new(sample_rate));
+                let _ = recorder.recycled.push(buffer);
                 self.sample_rate = sample_rate;
                 self.shared.play.set_sample_rate(sample_rate as f64);
                 self.recorder = Some(recorder);

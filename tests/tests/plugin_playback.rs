@@ -9,7 +9,9 @@ mod plugin_host;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plugin_host::{serial, temp_dir, Block, TestPlugin, Transport, SAMPLE_RATE};
+use plugin_host::{
+    finished_take_field, serial, temp_dir, write_stem, Block, TestPlugin, Transport, SAMPLE_RATE,
+};
 use serde_json::json;
 
 const STEM_FRAMES: usize = 24_000; // 0.5 s
@@ -23,22 +25,6 @@ fn vocal(k: usize) -> (f32, f32) {
 fn bgm(k: usize) -> (f32, f32) {
     let x = ((k as f32) * 0.01).sin() * 0.25;
     (x, -x)
-}
-
-fn write_stem(path: &Path, f: fn(usize) -> (f32, f32)) {
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: SAMPLE_RATE as u32,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for k in 0..STEM_FRAMES {
-        let (l, r) = f(k);
-        w.write_sample(l).unwrap();
-        w.write_sample(r).unwrap();
-    }
-    w.finalize().unwrap();
 }
 
 /// The sample the take should put at timeline position `p` (zero outside the take).
@@ -76,19 +62,12 @@ fn check_block(block: &Block, positions: &[i64]) {
 /// Restores a project whose selected take has the given stems.
 fn load_take(plugin: &mut TestPlugin, vocal_path: &Path, bgm_path: &Path) {
     let mut state = plugin.save_state();
-    let takes = json!({
-        "list": [{
-            "id": "take-7", "created": 1, "lyrics": "[verse]\nx\n", "descriptions": null,
-            "prompt": "none", "gen_type": "separate", "seed": 1,
-            "sampling": {"cfg_coef": 1.5, "temperature": 0.8, "top_k": 5000,
-                         "record_window": 50, "penalty": 1.1, "use_sampling": true},
-            "status": {"state": "done"},
-            "stems": {"vocal": vocal_path, "bgm": bgm_path},
-            "sample_rate": 48000, "frames": STEM_FRAMES, "anchor_seconds": ANCHOR_SECONDS
-        }],
-        "selected": "take-7"
-    });
-    state["fields"]["takes"] = json!(takes.to_string());
+    state["fields"]["takes"] = json!(finished_take_field(
+        vocal_path,
+        bgm_path,
+        STEM_FRAMES,
+        ANCHOR_SECONDS
+    ));
     plugin.load_state(&state);
 }
 
@@ -98,8 +77,8 @@ fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
     let dir = temp_dir("playback");
     plugin_host::isolate(&dir);
     let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
-    write_stem(&vocal_path, vocal);
-    write_stem(&bgm_path, bgm);
+    write_stem(&vocal_path, STEM_FRAMES, vocal);
+    write_stem(&bgm_path, STEM_FRAMES, bgm);
 
     let mut plugin = TestPlugin::new();
     load_take(&mut plugin, &vocal_path, &bgm_path);
@@ -202,8 +181,8 @@ fn an_offline_bounce_has_the_take_from_its_first_block() {
     let dir = temp_dir("offline");
     plugin_host::isolate(&dir);
     let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
-    write_stem(&vocal_path, vocal);
-    write_stem(&bgm_path, bgm);
+    write_stem(&vocal_path, STEM_FRAMES, vocal);
+    write_stem(&bgm_path, STEM_FRAMES, bgm);
 
     let mut plugin = TestPlugin::new();
     load_take(&mut plugin, &vocal_path, &bgm_path);

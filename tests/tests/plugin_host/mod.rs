@@ -342,6 +342,83 @@ pub fn isolate(dir: &std::path::Path) {
     std::env::set_var("SONGGEN_ENGINE", dir.join("no-engine-here"));
 }
 
+/// Copies the plugin library into a Linux VST3 bundle, `<dir>/songgen_plugin.vst3` (the layout
+/// `cargo xtask bundle` produces), and returns the bundle path.
+pub fn vst3_bundle(dir: &std::path::Path) -> PathBuf {
+    let bundle = dir.join("songgen_plugin.vst3");
+    let module_dir = bundle.join("Contents/x86_64-linux");
+    std::fs::create_dir_all(&module_dir).unwrap();
+    std::fs::copy(plugin_library(), module_dir.join("songgen_plugin.so")).unwrap();
+    bundle
+}
+
+/// Writes a stereo 32-bit float WAV of `frames` frames at [`SAMPLE_RATE`], frame `k` = `f(k)`.
+pub fn write_stem(path: &std::path::Path, frames: usize, f: fn(usize) -> (f32, f32)) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: SAMPLE_RATE as u32,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for k in 0..frames {
+        let (l, r) = f(k);
+        w.write_sample(l).unwrap();
+        w.write_sample(r).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// The persisted `takes` field (a JSON string, as nice-plug stores it) of a project whose
+/// selected take is finished, with the given stems, length and timeline anchor.
+pub fn finished_take_field(
+    vocal: &std::path::Path,
+    bgm: &std::path::Path,
+    frames: usize,
+    anchor_seconds: f64,
+) -> String {
+    serde_json::json!({
+        "list": [{
+            "id": "take-7", "created": 1, "lyrics": "[verse]\nx\n", "descriptions": null,
+            "prompt": "none", "gen_type": "separate", "seed": 1,
+            "sampling": {"cfg_coef": 1.5, "temperature": 0.8, "top_k": 5000,
+                         "record_window": 50, "penalty": 1.1, "use_sampling": true},
+            "status": {"state": "done"},
+            "stems": {"vocal": vocal, "bgm": bgm},
+            "sample_rate": SAMPLE_RATE as u32, "frames": frames, "anchor_seconds": anchor_seconds
+        }],
+        "selected": "take-7"
+    })
+    .to_string()
+}
+
+/// Ardour's VST3 scanner: `$ARDOUR_VST3_SCANNER`, or the one of an installed (or unpacked)
+/// Debian `ardour` package.
+pub fn ardour_vst3_scanner() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ARDOUR_VST3_SCANNER") {
+        return Some(PathBuf::from(p));
+    }
+    for root in [
+        "/opt/ardour-scanner/usr/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+    ] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("ardour") {
+                let scanner = e.path().join("ardour-vst3-scanner");
+                if scanner.is_file() {
+                    return Some(scanner);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A fresh empty folder under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("songgen-{name}-{}", std::process::id()));
