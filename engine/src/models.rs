@@ -11,9 +11,11 @@ use crate::auto_prompt::AutoPromptLibrary;
 use crate::lm::{LanguageModel, LmRequest};
 use crate::paths::ModelPaths;
 use crate::pipeline::{LmInput, PromptCodes, SongModel, StemKind};
+use crate::plan::{self, ModelShapes, Plan, PlanRequest, Residency};
 use crate::progress::ProgressFn;
 use crate::prompt::{EncodedPrompt, PromptEncoder};
 use crate::protocol::{GenType, SamplingOptions};
+use crate::quant::LmPrecision;
 use crate::render::{PromptSet, RenderPrompt, Renderer, Stem};
 
 /// Everything a job needs, on one device.
@@ -22,8 +24,11 @@ pub struct Models {
     device: String,
     paths: ModelPaths,
     torch_device: Device,
-    lm: LanguageModel,
-    renderer: Renderer,
+    opts: LoadOptions,
+    residency: Residency,
+    /// Both resident in streaming mode; in staged mode only the one the current stage needs.
+    lm: Option<LanguageModel>,
+    renderer: Option<Renderer>,
     prompt_encoder: Option<PromptEncoder>,
     auto_prompts: Option<AutoPromptLibrary>,
     /// The clip encoded by the last `encode_prompt` (jobs run one at a time, and `render`
@@ -31,17 +36,138 @@ pub struct Models {
     last_prompt: Option<(EncodedPrompt, u64)>,
 }
 
+/// How to load a model folder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// Renderer dtype, and the LM's activations when its weights are quantized.
+    pub dtype: DType,
+    pub lm_precision: LmPrecision,
+    /// Longest song in seconds (sizes the LM's KV cache); `None`: the model's `max_dur`.
+    pub max_seconds: Option<f64>,
+    /// Forces a residency mode instead of picking the one that fits.
+    pub residency: Option<Residency>,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> Self {
+        Self {
+            dtype,
+            lm_precision: LmPrecision::from_dtype(dtype),
+            max_seconds: None,
+            residency: None,
+        }
+    }
+}
+
 /// Loads the LM and the renderer of `paths` onto `device`, computing in `dtype` (the VAE stays
 /// in F32, as in the reference).
 pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn SongModel>> {
-    let lm = LanguageModel::load(paths, device, dtype).with_context(|| {
-        format!(
-            "loading the language model from {}",
-            paths.model_dir.display()
-        )
-    })?;
-    let renderer = Renderer::load(paths, device, dtype)
-        .with_context(|| format!("loading the renderer from {}", paths.runtime_dir.display()))?;
+    load_with(paths, device, &LoadOptions::new(dtype))
+}
+
+/// The memory plan of `paths` for `opts` on `device` (shapes only, no weights read).
+pub fn plan(paths: &ModelPaths, device: &Device, opts: &LoadOptions) -> Result<Plan> {
+    let shapes = ModelShapes::from_folder(paths)
+        .with_context(|| format!("reading the model shapes of {}", paths.model_dir.display()))?;
+    Ok(Plan::new(&shapes, plan_request(&shapes, device, opts)))
+}
+
+fn plan_request(shapes: &ModelShapes, device: &Device, opts: &LoadOptions) -> PlanRequest {
+    PlanRequest {
+        precision: opts.lm_precision,
+        lm_dtype: opts.dtype,
+        render_dtype: opts.dtype,
+        seconds: opts.max_seconds.unwrap_or(shapes.lm.max_dur),
+        prompt: false,
+        cpu: device.is_cpu(),
+    }
+}
+
+/// Picks the residency mode from the plan and the device's free memory (`None` when it cannot
+/// be read: streaming); refuses with what it needs, what is free and what would fit.
+pub fn choose_residency(
+    shapes: &ModelShapes,
+    device: &Device,
+    opts: &LoadOptions,
+    free: Option<u64>,
+) -> Result<Residency> {
+    let plan = Plan::new(shapes, plan_request(shapes, device, opts));
+    let Some(free) = free else {
+        return Ok(opts.residency.unwrap_or(Residency::Streaming));
+    };
+    if let Some(mode) = opts.residency {
+        if plan.peak(mode) <= free {
+            return Ok(mode);
+        }
+    } else if let Some(mode) = plan.choose(free) {
+        return Ok(mode);
+    }
+    let mut hints = Vec::new();
+    let fits = |o: &LoadOptions| {
+        Plan::new(shapes, plan_request(shapes, device, o))
+            .choose(free)
+            .is_some()
+    };
+    let precisions: Vec<&str> = LmPrecision::ALL
+        .into_iter()
+        .filter(|&p| {
+            p != opts.lm_precision
+                && fits(&LoadOptions {
+                    lm_precision: p,
+                    residency: None,
+                    ..*opts
+                })
+        })
+        .map(LmPrecision::name)
+        .collect();
+    if !precisions.is_empty() {
+        hints.push(format!("--lm-precision {}", precisions.join(" or ")));
+    }
+    // The longest song that fits in this precision, in whole 10 s steps.
+    let max = opts.max_seconds.unwrap_or(shapes.lm.max_dur);
+    let mut seconds = (max / 10.0).floor() * 10.0;
+    while seconds >= 10.0 {
+        if fits(&LoadOptions {
+            max_seconds: Some(seconds),
+            residency: None,
+            ..*opts
+        }) {
+            hints.push(format!("--seconds {seconds:.0}"));
+            break;
+        }
+        seconds -= 10.0;
+    }
+    let hint = if hints.is_empty() {
+        "no precision or song length fits; use a device with more memory".to_string()
+    } else {
+        format!("would fit: {}", hints.join(", or "))
+    };
+    bail!(
+        "not enough memory: the job needs {} streaming or {} staged ({} LM weights, {} KV cache for {:.0} s, {} renderer) with the LM in {}, and {} is free; {hint} (SONGGEN_DEVICE_MEMORY overrides the free-memory reading)",
+        plan::gb(plan.peak(Residency::Streaming)),
+        plan::gb(plan.peak(Residency::Staged)),
+        plan::gb(plan.lm.part("LM linear weights")),
+        plan::gb(plan.lm.part("KV cache")),
+        plan.frames as f64 / shapes.lm.frame_rate as f64,
+        plan::gb(plan.render.total()),
+        opts.lm_precision,
+        plan::gb(free),
+    )
+}
+
+/// [`load`] with a precision, a song-length cap and the residency mode picked from the
+/// memory plan: streaming (LM and renderer resident) when it fits the device's free memory,
+/// else staged (the LM and its KV cache are freed before the renderer loads), else a clear
+/// refusal before anything is loaded.
+pub fn load_with(
+    paths: &ModelPaths,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<Box<dyn SongModel>> {
+    let shapes = ModelShapes::from_folder(paths)
+        .with_context(|| format!("reading the model shapes of {}", paths.model_dir.display()))?;
+    let free = plan::free_memory(device.is_cpu())?;
+    let residency = choose_residency(&shapes, device, opts, free)?;
     let name = paths
         .model_dir
         .file_name()
@@ -52,17 +178,28 @@ pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     };
-    Ok(Box::new(Models {
+    let mut models = Models {
         name,
-        device: format!("{location} {dtype:?}").to_lowercase(),
+        device: format!(
+            "{location} {:?}, lm {}, {residency}",
+            opts.dtype, opts.lm_precision
+        )
+        .to_lowercase(),
         paths: paths.clone(),
         torch_device: device.clone(),
-        lm,
-        renderer,
+        opts: *opts,
+        residency,
+        lm: None,
+        renderer: None,
         prompt_encoder: None,
         auto_prompts: None,
         last_prompt: None,
-    }))
+    };
+    models.lm_stage()?;
+    if residency == Residency::Streaming {
+        models.render_stage()?;
+    }
+    Ok(Box::new(models))
 }
 
 impl SongModel for Models {
@@ -132,7 +269,7 @@ impl SongModel for Models {
             gen_type: input.gen_type,
             prompt_tokens: input.prompt_tokens.clone(),
         };
-        self.lm.generate(&req, sampling, seed, progress)
+        self.lm_stage()?.generate(&req, sampling, seed, progress)
     }
 
     fn render(
@@ -151,7 +288,7 @@ impl SongModel for Models {
             (Some(_), None) => bail!("a prompt latent was given without an encoded prompt clip"),
         };
         let stems = self
-            .renderer
+            .render_stage()?
             .render(tokens, &prompts, gen_type, seed, progress)?;
         if stems.sample_rate != SAMPLE_RATE {
             bail!(
@@ -182,6 +319,52 @@ impl SongModel for Models {
 }
 
 impl Models {
+    /// The LM, loading it first (in staged mode after freeing the renderer).
+    fn lm_stage(&mut self) -> Result<&mut LanguageModel> {
+        if self.lm.is_none() {
+            if self.residency == Residency::Staged {
+                self.renderer = None;
+            }
+            let paths = &self.paths;
+            let mut lm = LanguageModel::load_with(
+                paths,
+                &self.torch_device,
+                self.opts.dtype,
+                self.opts.lm_precision,
+            )
+            .with_context(|| {
+                format!(
+                    "loading the language model from {}",
+                    paths.model_dir.display()
+                )
+            })?;
+            if let Some(s) = self.opts.max_seconds {
+                let frames = (s * lm.config().frame_rate as f64).ceil() as usize;
+                lm.set_max_gen_len(frames.clamp(1, lm.max_gen_len()));
+            }
+            self.lm = Some(lm);
+        }
+        Ok(self.lm.as_mut().expect("loaded above"))
+    }
+
+    /// The renderer, loading it first (in staged mode after freeing the LM and its KV cache).
+    fn render_stage(&mut self) -> Result<&mut Renderer> {
+        if self.renderer.is_none() {
+            if self.residency == Residency::Staged {
+                self.lm = None;
+            }
+            let renderer = Renderer::load(&self.paths, &self.torch_device, self.opts.dtype)
+                .with_context(|| {
+                    format!(
+                        "loading the renderer from {}",
+                        self.paths.runtime_dir.display()
+                    )
+                })?;
+            self.renderer = Some(renderer);
+        }
+        Ok(self.renderer.as_mut().expect("loaded above"))
+    }
+
     /// The decoder prompts of `generate.py`'s `generate()`: the mixed decode gets the clip, and
     /// in `separate` mode the vocal (accompaniment) decode gets it with the accompaniment
     /// (vocals) zeroed; plain `vocal`/`bgm` renders get none.
