@@ -2,10 +2,12 @@
 //! head_dim 128, the real code vocabulary and condition-prefix length):
 //! - `prefill`: the first call (952 prefix positions + column 0, both CFG rows);
 //! - `decode_step`: one KV-cached step (one column, both CFG rows) after the prefix; the cache
-//!   keeps growing across iterations, as during generation;
+//!   keeps growing across iterations, as during generation; with the linear weights in f32
+//!   and in the quantized precisions q8_0 and q4_k (`decode_step_q8_0`, ...);
 //! - `logit_processor`: CFG, penalty, ban, softmax and top-k of one step.
 //!
-//! Weights are random (built in memory); timings do not depend on their values.
+//! Weights are random N(0, 0.02) (built in memory, as the PyTorch side of docs/perf.md);
+//! timings do not depend on their values.
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use songgen_engine::lm::model::LeLm;
 use songgen_engine::lm::sampler::LogitProcessor;
 use songgen_engine::lm::LmConfig;
 use songgen_engine::protocol::SamplingOptions;
+use songgen_engine::quant::{LinearLoader, LmPrecision};
 
 fn config() -> LmConfig {
     LmConfig {
@@ -37,12 +40,15 @@ struct Setup {
     capacity: usize,
 }
 
-fn setup() -> Setup {
+fn setup(precision: LmPrecision) -> Setup {
     let cfg = config();
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device).pp("audiolm");
-    let model = LeLm::load(&cfg, vb).expect("random model");
+    LeLm::load(&cfg, vb.clone()).expect("variables");
+    songgen_engine::lm::quality::randomize(&varmap, 0).expect("random weights");
+    let model =
+        LeLm::load_with(&cfg, vb, &LinearLoader::new(precision, None)).expect("random model");
     let p = cfg.prefix_len();
     let rand = || Tensor::randn(0f32, 1.0, (2, p, cfg.dim), &device).unwrap();
     let prefix = ConditionPrefix {
@@ -59,7 +65,7 @@ fn setup() -> Setup {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut s = setup();
+    let mut s = setup(LmPrecision::F32);
     let mut group = c.benchmark_group("lelm_d1024_l8+4");
     group
         .sample_size(10)
@@ -78,6 +84,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_step", |b| {
         b.iter(|| s.model.forward(&s.column, None, false).unwrap())
     });
+    drop(s);
+
+    for precision in [LmPrecision::Q8_0, LmPrecision::Q4K] {
+        let mut q = setup(precision);
+        q.model.reset(q.capacity);
+        q.model.forward(&q.column, Some(&q.prefix), false).unwrap();
+        group.bench_function(format!("decode_step_{precision}"), |b| {
+            b.iter(|| q.model.forward(&q.column, None, false).unwrap())
+        });
+    }
 
     let cfg = config();
     let processor = LogitProcessor::new(SamplingOptions::default(), cfg.code_size).unwrap();

@@ -10,6 +10,9 @@
 //! - [`service`]: one job from inputs to files ([`service::pipeline`]), the models behind it,
 //!   the JSON-lines engine service and the environment report (`doctor`);
 //! - [`gpu`]: what the engine knows about a CUDA device (free memory) and the GPU numerics;
+//! - [`quant`]: linear weights laid out for the matmul (pre-transposed f32/f16/bf16, GGML
+//!   q8_0/q4_k) and GGUF files of quantized LMs;
+//! - [`plan`]: the memory plan of a job from shapes alone (`songgen doctor --plan`);
 //! - [`progress`]: progress reports and the one cancellation mechanism every stage uses;
 //! - `cli/`: the `songgen` command (the binary, feature `cli`);
 //! - `parity`: the reference-fixture runner (feature `parity`, used by xtask and the tests).
@@ -22,8 +25,10 @@ pub mod io;
 pub mod lm;
 #[cfg(feature = "parity")]
 pub mod parity;
+pub mod plan;
 pub mod progress;
 pub mod prompt;
+pub mod quant;
 pub mod render;
 pub mod service;
 

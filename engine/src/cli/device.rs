@@ -63,12 +63,34 @@ pub fn select(device: DeviceChoice, dtype: DTypeChoice) -> Result<(Device, DType
     Ok((device, dtype))
 }
 
-/// `cpu f32`, `cuda:0 bf16`.
-pub fn describe(device: &Device, dtype: DType) -> String {
-    let d = match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    };
-    format!("{d} {dtype:?}").to_lowercase()
+/// `--lm-precision` and `--seconds`, shared by generate and serve.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LmArgs {
+    /// LM weight precision: f32, f16, bf16 (also the LM's compute dtype), or q8_0, q4_k
+    /// (GGML blocks, quantized at load or read from the model folder's model.<p>.gguf that
+    /// `songgen quantize` writes; computed in --dtype) [default: --dtype]
+    #[arg(long, value_name = "P")]
+    pub lm_precision: Option<songgen_engine::quant::LmPrecision>,
+    /// Longest song in seconds; sizes the LM's KV cache and the memory plan [default: the
+    /// model's max_dur, 270 s]
+    #[arg(long, value_name = "S", value_parser = positive_seconds)]
+    pub seconds: Option<f64>,
+}
+
+impl LmArgs {
+    pub fn options(&self, dtype: DType) -> songgen_engine::service::models::LoadOptions {
+        let mut o = songgen_engine::service::models::LoadOptions::new(dtype);
+        if let Some(p) = self.lm_precision {
+            o.lm_precision = p;
+        }
+        o.max_seconds = self.seconds;
+        o
+    }
+}
+
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
 }

@@ -75,6 +75,8 @@ pub struct Args {
     pub device: DeviceChoice,
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub lm: device::LmArgs,
     /// Output folder.
     #[arg(long, value_name = "DIR", default_value = "songgen-output")]
     pub out: PathBuf,
@@ -150,15 +152,11 @@ pub fn run(args: Args) -> CliResult {
     let bars = Bars::new(args.quiet);
     let mut model = {
         let spinner = bars.spinner(format!("loading {}", paths.model_dir.display()));
-        let loaded = models::load(&paths, &dev, dtype);
+        let loaded = models::load_with(&paths, &dev, &args.lm.options(dtype));
         spinner.finish_and_clear();
         loaded.map_err(Failure::run)?
     };
-    eprintln!(
-        "model {} on {}",
-        model.name(),
-        device::describe(&dev, dtype)
-    );
+    eprintln!("model {} on {}", model.name(), model.device());
 
     for p in &prepared {
         let seed = p.job.seed.unwrap_or_else(service::random_seed);

@@ -11,6 +11,7 @@ mod doctor;
 mod fetch;
 mod generate;
 mod license;
+mod quantize;
 mod serve;
 
 use std::path::PathBuf;
@@ -37,8 +38,12 @@ pub enum Command {
     Convert(convert::Args),
     /// Download a model or the shared runtime files from the Hugging Face Hub.
     Fetch(fetch::Args),
-    /// Check a model folder (every file present and readable, tensor counts) and the devices.
+    /// Check a model folder (every file present and readable, tensor counts) and the devices;
+    /// with --plan, print the memory plan of a job.
     Doctor(doctor::Args),
+    /// Quantize the LM ahead of time into <model>/model.<precision>.gguf (q8_0, q4_k), which
+    /// generate and serve then load with the same --lm-precision.
+    Quantize(quantize::Args),
     /// List the known style tags and auto-prompt genres.
     Tags,
     /// Developer checks that run without cargo: parity fixtures on a device, random-weight
@@ -115,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(a) => fetch::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Check(a) => check::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Tags => {
             print_tags();
             Ok(())

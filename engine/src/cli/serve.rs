@@ -34,6 +34,8 @@ pub struct Args {
     pub device: DeviceChoice,
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub lm: device::LmArgs,
     /// Accept the model weights' licence without asking.
     #[arg(long)]
     pub accept_license: bool,
@@ -51,7 +53,7 @@ pub fn run(args: Args) -> CliResult {
         ),
         None => None,
     };
-    let model = models::load(&paths, &dev, dtype).map_err(Failure::run)?;
+    let model = models::load_with(&paths, &dev, &args.lm.options(dtype)).map_err(Failure::run)?;
     let engine = Arc::new(Engine::start(model));
     match listener {
         None => {

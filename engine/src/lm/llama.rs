@@ -9,9 +9,10 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::RMS_NORM_EPS;
+use crate::quant::{LinearLoader, QLinear};
 
 /// Shape of one stack.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,23 +89,24 @@ impl Rotary {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
     num_heads: usize,
     head_dim: usize,
     cache: KvCache,
 }
 
 impl Attention {
-    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, vb: VarBuilder, ll: &LinearLoader) -> Result<Self> {
         let d = cfg.dim;
+        let lin = |name: &str| ll.linear(d, d, false, vb.pp(name));
         Ok(Self {
-            q_proj: linear_no_bias(d, d, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(d, d, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(d, d, vb.pp("o_proj"))?,
+            q_proj: lin("q_proj")?,
+            k_proj: lin("k_proj")?,
+            v_proj: lin("v_proj")?,
+            o_proj: lin("o_proj")?,
             num_heads: cfg.num_heads,
             head_dim: d / cfg.num_heads,
             cache: KvCache::new(2, 1),
@@ -142,18 +144,18 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
 }
 
 impl Mlp {
-    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, vb: VarBuilder, ll: &LinearLoader) -> Result<Self> {
         let (d, f) = (cfg.dim, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear_no_bias(d, f, vb.pp("gate_proj"))?,
-            up_proj: linear_no_bias(d, f, vb.pp("up_proj"))?,
-            down_proj: linear_no_bias(f, d, vb.pp("down_proj"))?,
+            gate_proj: ll.linear(d, f, false, vb.pp("gate_proj"))?,
+            up_proj: ll.linear(d, f, false, vb.pp("up_proj"))?,
+            down_proj: ll.linear(f, d, false, vb.pp("down_proj"))?,
         })
     }
 
@@ -173,12 +175,12 @@ struct Block {
 }
 
 impl Block {
-    fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &StackConfig, vb: VarBuilder, ll: &LinearLoader) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.dim, vb.pp("input_layernorm"))?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), ll)?,
             post_attention_layernorm: RmsNorm::load(cfg.dim, vb.pp("post_attention_layernorm"))?,
-            mlp: Mlp::load(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"), ll)?,
         })
     }
 
@@ -203,9 +205,14 @@ pub struct LlamaStack {
 
 impl LlamaStack {
     pub fn load(cfg: &StackConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(cfg, vb, &LinearLoader::float())
+    }
+
+    /// Loads with the linear layers built by `ll` (precision, quantized file).
+    pub fn load_with(cfg: &StackConfig, vb: VarBuilder, ll: &LinearLoader) -> Result<Self> {
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
         let layers = (0..cfg.num_layers)
-            .map(|i| Block::load(cfg, vb.pp(format!("layers.{i}"))))
+            .map(|i| Block::load(cfg, vb.pp(format!("layers.{i}")), ll))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,

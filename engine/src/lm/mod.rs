@@ -19,6 +19,7 @@ mod interpolate;
 pub mod llama;
 pub mod model;
 pub mod pattern;
+pub mod quality;
 pub mod sampler;
 pub mod tokenizer;
 
@@ -34,6 +35,7 @@ use crate::io::weights::WeightFile;
 use crate::paths::ModelPaths;
 use crate::progress::{report, Progress, ProgressFn, Stage};
 use crate::protocol::{GenType, SamplingOptions};
+use crate::quant::{GgufWeights, LinearLoader, LmPrecision};
 
 pub use conditioners::TextConditions;
 pub use config::{LmConfig, LmVersion};
@@ -106,16 +108,35 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Loads the model folder and the runtime's Qwen2 tokenizer.
     pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(paths, device, dtype, LmPrecision::from_dtype(dtype))
+    }
+
+    /// Loads with the weights in `precision`. A float precision also sets the activation
+    /// dtype; a quantized one computes in `dtype` and reads `model.<precision>.gguf` from the
+    /// model folder when `songgen quantize` wrote one, else quantizes the checkpoint at load.
+    pub fn load_with(
+        paths: &ModelPaths,
+        device: &Device,
+        dtype: DType,
+        precision: LmPrecision,
+    ) -> Result<Self> {
         let cfg = LmConfig::from_yaml_file(
             &paths.config_yaml(),
             std::slice::from_ref(&paths.runtime_dir),
         )?;
-        Self::from_parts(
+        let gguf = paths.model_dir.join(precision.gguf_file_name());
+        let weights = if precision.is_quantized() && gguf.is_file() {
+            gguf
+        } else {
+            paths.lm_weights()
+        };
+        Self::from_parts_with(
             cfg,
             &paths.tokenizer_dir(),
-            &paths.lm_weights(),
+            &weights,
             device,
             dtype,
+            precision,
         )
     }
 
@@ -127,6 +148,26 @@ impl LanguageModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::from_parts_with(
+            cfg,
+            tokenizer_dir,
+            weights,
+            device,
+            dtype,
+            LmPrecision::from_dtype(dtype),
+        )
+    }
+
+    /// [`Self::from_parts`] in `precision`; `weights` may be a `songgen quantize` GGUF file.
+    pub fn from_parts_with(
+        cfg: LmConfig,
+        tokenizer_dir: &Path,
+        weights: &Path,
+        device: &Device,
+        dtype: DType,
+        precision: LmPrecision,
+    ) -> Result<Self> {
+        let dtype = precision.float_dtype().unwrap_or(dtype);
         let base = tokenizer::load_qwen2(tokenizer_dir)?;
         let dot = if cfg.dot_is_special() {
             vec![".".to_string()]
@@ -139,12 +180,35 @@ impl LanguageModel {
         let style_extra: Vec<String> = cfg.style_tags().into_iter().chain(dot).collect();
         let style_tok = TextTokenizer::new(&base, &[], &style_extra, cfg.style_max_len)
             .with_context(|| format!("style tokenizer from {}", tokenizer_dir.display()))?;
-        let vb = WeightFile::open(weights)?
-            .var_builder(dtype, device)
-            .pp(WEIGHT_PREFIX);
+        // The conditioners' tables (two text vocabularies) are lookups done once per song:
+        // they stay in host memory, and the prefix they build is copied to the device.
+        let host = Device::Cpu;
+        let is_gguf = weights.extension().is_some_and(|e| e == "gguf");
+        let (vb, host_vb, loader) = if is_gguf {
+            let g = std::sync::Arc::new(GgufWeights::open(weights).map_err(one_line_candle)?);
+            if let Some(p) = g.precision() {
+                ensure!(
+                    p == precision.name(),
+                    "{} holds {p} weights, but {precision} was asked for",
+                    weights.display()
+                );
+            }
+            (
+                g.var_builder(dtype, device),
+                g.var_builder(dtype, &host),
+                LinearLoader::new(precision, Some(g)),
+            )
+        } else {
+            (
+                WeightFile::open(weights)?.var_builder(dtype, device),
+                WeightFile::open(weights)?.var_builder(dtype, &host),
+                LinearLoader::new(precision, None),
+            )
+        };
         let conditioners =
-            Conditioners::load(lyrics_tok, style_tok, &cfg, vb.clone()).map_err(one_line)?;
-        let model = LeLm::load(&cfg, vb).map_err(one_line)?;
+            Conditioners::load(lyrics_tok, style_tok, &cfg, host_vb.pp(WEIGHT_PREFIX))
+                .map_err(one_line)?;
+        let model = LeLm::load_with(&cfg, vb.pp(WEIGHT_PREFIX), &loader).map_err(one_line)?;
         Ok(Self {
             pattern: DelayPattern::new(cfg.delays.clone()),
             max_gen_len: cfg.max_gen_len(),
@@ -272,7 +336,11 @@ impl LanguageModel {
             ids
         };
         let inputs = self.conditioners.prepare(texts, &prompt)?;
-        let prefix = self.conditioners.prefix(&inputs, &self.device)?;
+        let prefix = self.conditioners.prefix(&inputs, &Device::Cpu)?;
+        let prefix = conditioners::ConditionPrefix {
+            stream1: prefix.stream1.to_device(&self.device)?,
+            stream2: prefix.stream2.to_device(&self.device)?,
+        };
         let processor = LogitProcessor::new(*opts, cfg.code_size)?;
         let mut state = DecodeState::new(
             self.pattern.clone(),
@@ -280,7 +348,6 @@ impl LanguageModel {
             cfg.special_id(),
             cfg.eos_id(),
         );
-        let total = state.total_steps() as u64;
         let positions = cfg.prefix_len() + self.pattern.columns(self.max_gen_len);
         let max_positions = cfg
             .max_position_embeddings
@@ -291,16 +358,36 @@ impl LanguageModel {
             self.max_gen_len
         );
         self.model.reset(positions);
+        let result = self.decode(
+            &mut state, &prefix, &processor, &banned, seed, progress, on_final,
+        );
+        // The KV caches are sized to the song; free them between songs.
+        self.model.reset(0);
+        result?;
+        Ok(state.finish())
+    }
+
+    fn decode(
+        &mut self,
+        state: &mut DecodeState,
+        prefix: &conditioners::ConditionPrefix,
+        processor: &LogitProcessor,
+        banned: &[u32],
+        seed: u64,
+        progress: &mut ProgressFn<'_>,
+        on_final: &mut dyn FnMut(&[[i64; 3]]),
+    ) -> Result<()> {
+        let total = state.total_steps() as u64;
         let mut rng = StdRng::seed_from_u64(seed);
         let started = Instant::now();
         while let Some(cols) = state.next_input() {
             let first = self.model.cached_len() == 0;
             let seq = columns_tensor(&cols, &self.device)?;
-            let out = self.model.forward(&seq, first.then_some(&prefix), false)?;
+            let out = self.model.forward(&seq, first.then_some(prefix), false)?;
             let s = out.logits.dim(2)?;
             let last = out.logits.narrow(2, s - 1, 1)?.squeeze(2)?;
             let rows: Vec<Vec<Vec<f32>>> = last.to_vec3()?;
-            let guided = processor.guide(&rows[0], &rows[1], state.pool(), &banned);
+            let guided = processor.guide(&rows[0], &rows[1], state.pool(), banned);
             state.write(&processor.choose(&guided, &mut rng));
             let fresh = state.take_final();
             if !fresh.is_empty() {
@@ -318,8 +405,81 @@ impl LanguageModel {
                 },
             )?;
         }
-        Ok(state.finish())
+        Ok(())
     }
+}
+
+fn one_line_candle(e: candle_core::Error) -> anyhow::Error {
+    one_line(anyhow::Error::new(e))
+}
+
+/// Checkpoint tensors (after `audiolm.`) the engine never reads (lelm.md §2.5).
+const DEAD_TENSORS: [&str; 5] = [
+    "transformer.model.embed_tokens.",
+    "transformer2.model.embed_tokens.",
+    "transformer2.lm_head.",
+    "layer2_emb.0.",
+    "out_norm.",
+];
+
+/// Whether `name` (after `audiolm.`) is the weight of one of the LM's linear layers: the
+/// ones a quantized precision stores in GGML blocks.
+pub fn is_linear_weight(name: &str) -> bool {
+    const LAYER: [&str; 7] = [
+        ".self_attn.q_proj.weight",
+        ".self_attn.k_proj.weight",
+        ".self_attn.v_proj.weight",
+        ".self_attn.o_proj.weight",
+        ".mlp.gate_proj.weight",
+        ".mlp.up_proj.weight",
+        ".mlp.down_proj.weight",
+    ];
+    let stack = name.starts_with("transformer.model.layers.")
+        || name.starts_with("transformer2.model.layers.");
+    (stack && LAYER.iter().any(|s| name.ends_with(s)))
+        || matches!(
+            name,
+            "transformer.lm_head.weight"
+                | "linears.0.weight"
+                | "linears.1.weight"
+                | "mlp.0.weight"
+                | "mlp.2.weight"
+        )
+}
+
+/// `songgen quantize`: writes the LM tensors of checkpoint `weights` that the engine reads
+/// to the GGUF file `out`, linear weights in `precision` and the rest in their stored float
+/// dtype. Returns (tensors written, tensors quantized).
+pub fn write_quantized(
+    weights: &Path,
+    out: &Path,
+    precision: LmPrecision,
+) -> Result<(usize, usize)> {
+    ensure!(
+        precision.is_quantized(),
+        "songgen quantize writes q8_0 or q4_k, not {precision}"
+    );
+    let file = WeightFile::open(weights)?;
+    let prefix = format!("{WEIGHT_PREFIX}.");
+    let mut names: Vec<String> = file
+        .names()
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|rest| !DEAD_TENSORS.iter().any(|d| rest.starts_with(d)))
+        })
+        .map(str::to_string)
+        .collect();
+    ensure!(
+        !names.is_empty(),
+        "{}: no `{prefix}*` tensors (not a SongGeneration LM checkpoint?)",
+        weights.display()
+    );
+    names.sort();
+    let load = |n: &str| file.load(n, &Device::Cpu);
+    let quantize = |n: &str| n.strip_prefix(&prefix).is_some_and(is_linear_weight);
+    let quantized = crate::quant::write_gguf(out, precision, &names, &load, &quantize)
+        .map_err(|e| one_line(e.into()))?;
+    Ok((names.len(), quantized))
 }
 
 /// candle attaches a multi-line backtrace to its errors when `RUST_BACKTRACE` is set; a load

@@ -9,11 +9,12 @@
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{embedding, linear, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::conditioners::ConditionPrefix;
 use super::config::LmConfig;
 use super::llama::{LlamaStack, StackConfig};
+use crate::quant::{LinearLoader, QLinear};
 
 /// What one forward call returns.
 pub struct StepOutput {
@@ -42,17 +43,23 @@ pub struct LeLm {
     emb1: Embedding,
     emb2: Embedding,
     main: LlamaStack,
-    head0: Linear,
-    bridge_in: Linear,
-    bridge_out: Linear,
+    head0: QLinear,
+    bridge_in: QLinear,
+    bridge_out: QLinear,
     sub: LlamaStack,
-    head1: Linear,
-    head2: Linear,
+    head1: QLinear,
+    head2: QLinear,
 }
 
 impl LeLm {
     /// Loads from a VarBuilder rooted at the `audiolm.` prefix.
     pub fn load(cfg: &LmConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(cfg, vb, &LinearLoader::float())
+    }
+
+    /// Loads with the linear layers (both stacks, heads, bridge) built by `ll`; embeddings and
+    /// norms stay in the VarBuilder's float dtype.
+    pub fn load_with(cfg: &LmConfig, vb: VarBuilder, ll: &LinearLoader) -> Result<Self> {
         let d = cfg.dim;
         let rows = cfg.emb_rows();
         let width = cfg.logit_width();
@@ -74,13 +81,13 @@ impl LeLm {
             emb0: embedding(rows, d, vb.pp("emb.0"))?,
             emb1: embedding(rows, d, vb.pp("layer2_emb.1"))?,
             emb2: embedding(rows, d, vb.pp("layer2_emb.2"))?,
-            main: LlamaStack::load(&main_cfg, vb.pp("transformer.model"))?,
-            head0: linear_no_bias(d, width, vb.pp("transformer.lm_head"))?,
-            bridge_in: linear(2 * d, d, vb.pp("mlp.0"))?,
-            bridge_out: linear(d, d, vb.pp("mlp.2"))?,
-            sub: LlamaStack::load(&sub_cfg, vb.pp("transformer2.model"))?,
-            head1: linear_no_bias(d, width, vb.pp("linears.0"))?,
-            head2: linear_no_bias(d, width, vb.pp("linears.1"))?,
+            main: LlamaStack::load_with(&main_cfg, vb.pp("transformer.model"), ll)?,
+            head0: ll.linear(d, width, false, vb.pp("transformer.lm_head"))?,
+            bridge_in: ll.linear(2 * d, d, true, vb.pp("mlp.0"))?,
+            bridge_out: ll.linear(d, d, true, vb.pp("mlp.2"))?,
+            sub: LlamaStack::load_with(&sub_cfg, vb.pp("transformer2.model"), ll)?,
+            head1: ll.linear(d, width, false, vb.pp("linears.0"))?,
+            head2: ll.linear(d, width, false, vb.pp("linears.1"))?,
         })
     }
 

@@ -14,10 +14,12 @@ use crossbeam_channel::Receiver;
 use crate::io::audio::{Audio, SAMPLE_RATE};
 use crate::lm::{LanguageModel, LmRequest};
 use crate::paths::ModelPaths;
+use crate::plan::{self, ModelShapes, Plan, PlanRequest, Residency};
 use crate::progress::{report, Cancelled, Progress, ProgressFn};
 use crate::prompt::auto_prompt::AutoPromptLibrary;
 use crate::prompt::{JobPrompt, PromptEncoder};
 use crate::protocol::{GenType, SamplingOptions, Stem};
+use crate::quant::LmPrecision;
 use crate::render::renderer::{RenderStream, SpanSink};
 use crate::render::{PromptSet, Renderer};
 use crate::service::pipeline::{AudioChunk, AudioSink, Generated, LmInput, Seeds, SongModel};
@@ -28,25 +30,148 @@ pub struct Models {
     device: String,
     paths: ModelPaths,
     torch_device: Device,
-    lm: LanguageModel,
-    renderer: Renderer,
+    opts: LoadOptions,
+    residency: Residency,
+    /// Both resident in streaming mode; in staged mode only the one the current stage needs.
+    lm: Option<LanguageModel>,
+    renderer: Option<Renderer>,
     prompt_encoder: Option<PromptEncoder>,
     auto_prompts: Option<AutoPromptLibrary>,
+}
+
+/// How to load a model folder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// Renderer dtype, and the LM's activations when its weights are quantized.
+    pub dtype: DType,
+    pub lm_precision: LmPrecision,
+    /// Longest song in seconds (sizes the LM's KV cache); `None`: the model's `max_dur`.
+    pub max_seconds: Option<f64>,
+    /// Forces a residency mode instead of picking the one that fits.
+    pub residency: Option<Residency>,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> Self {
+        Self {
+            dtype,
+            lm_precision: LmPrecision::from_dtype(dtype),
+            max_seconds: None,
+            residency: None,
+        }
+    }
 }
 
 /// Loads the LM and the renderer of `paths` onto `device`, the LM computing in `dtype` (the
 /// flow estimator and the VAE stay in F32).
 pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn SongModel>> {
-    let lm = LanguageModel::load(paths, device, dtype).with_context(|| {
-        format!(
-            "loading the language model from {}",
-            paths.model_dir.display()
-        )
-    })?;
-    // The flow estimator and the VAE run in f32 whatever the LM's dtype: reduced precision
-    // compounds over the Euler steps (see `gpu`).
-    let renderer = Renderer::load(paths, device, DType::F32)
-        .with_context(|| format!("loading the renderer from {}", paths.runtime_dir.display()))?;
+    load_with(paths, device, &LoadOptions::new(dtype))
+}
+
+/// The memory plan of `paths` for `opts` on `device` (shapes only, no weights read).
+pub fn plan(paths: &ModelPaths, device: &Device, opts: &LoadOptions) -> Result<Plan> {
+    let shapes = ModelShapes::from_folder(paths)
+        .with_context(|| format!("reading the model shapes of {}", paths.model_dir.display()))?;
+    Ok(Plan::new(&shapes, plan_request(&shapes, device, opts)))
+}
+
+fn plan_request(shapes: &ModelShapes, device: &Device, opts: &LoadOptions) -> PlanRequest {
+    PlanRequest {
+        precision: opts.lm_precision,
+        lm_dtype: opts.dtype,
+        render_dtype: opts.dtype,
+        seconds: opts.max_seconds.unwrap_or(shapes.lm.max_dur),
+        prompt: false,
+        cpu: device.is_cpu(),
+    }
+}
+
+/// Picks the residency mode from the plan and the device's free memory (`None` when it cannot
+/// be read: streaming); refuses with what it needs, what is free and what would fit.
+pub fn choose_residency(
+    shapes: &ModelShapes,
+    device: &Device,
+    opts: &LoadOptions,
+    free: Option<u64>,
+) -> Result<Residency> {
+    let plan = Plan::new(shapes, plan_request(shapes, device, opts));
+    let Some(free) = free else {
+        return Ok(opts.residency.unwrap_or(Residency::Streaming));
+    };
+    if let Some(mode) = opts.residency {
+        if plan.peak(mode) <= free {
+            return Ok(mode);
+        }
+    } else if let Some(mode) = plan.choose(free) {
+        return Ok(mode);
+    }
+    let mut hints = Vec::new();
+    let fits = |o: &LoadOptions| {
+        Plan::new(shapes, plan_request(shapes, device, o))
+            .choose(free)
+            .is_some()
+    };
+    let precisions: Vec<&str> = LmPrecision::ALL
+        .into_iter()
+        .filter(|&p| {
+            p != opts.lm_precision
+                && fits(&LoadOptions {
+                    lm_precision: p,
+                    residency: None,
+                    ..*opts
+                })
+        })
+        .map(LmPrecision::name)
+        .collect();
+    if !precisions.is_empty() {
+        hints.push(format!("--lm-precision {}", precisions.join(" or ")));
+    }
+    // The longest song that fits in this precision, in whole 10 s steps.
+    let max = opts.max_seconds.unwrap_or(shapes.lm.max_dur);
+    let mut seconds = (max / 10.0).floor() * 10.0;
+    while seconds >= 10.0 {
+        if fits(&LoadOptions {
+            max_seconds: Some(seconds),
+            residency: None,
+            ..*opts
+        }) {
+            hints.push(format!("--seconds {seconds:.0}"));
+            break;
+        }
+        seconds -= 10.0;
+    }
+    let hint = if hints.is_empty() {
+        "no precision or song length fits; use a device with more memory".to_string()
+    } else {
+        format!("would fit: {}", hints.join(", or "))
+    };
+    bail!(
+        "not enough memory: the job needs {} streaming or {} staged ({} LM weights, {} KV cache for {:.0} s, {} renderer) with the LM in {}, and {} is free; {hint} (SONGGEN_DEVICE_MEMORY overrides the free-memory reading)",
+        plan::gb(plan.peak(Residency::Streaming)),
+        plan::gb(plan.peak(Residency::Staged)),
+        plan::gb(plan.lm.part("LM linear weights")),
+        plan::gb(plan.lm.part("KV cache")),
+        plan.frames as f64 / shapes.lm.frame_rate as f64,
+        plan::gb(plan.render.total()),
+        opts.lm_precision,
+        plan::gb(free),
+    )
+}
+
+/// [`load`] with a precision, a song-length cap and the residency mode picked from the
+/// memory plan: streaming (LM and renderer resident, windows rendered while the LM runs) when it
+/// fits the device's free memory, else staged (the LM and its KV cache are freed before the
+/// renderer loads; the job's audio then comes after the LM), else a clear refusal before
+/// anything is loaded.
+pub fn load_with(
+    paths: &ModelPaths,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<Box<dyn SongModel>> {
+    let shapes = ModelShapes::from_folder(paths)
+        .with_context(|| format!("reading the model shapes of {}", paths.model_dir.display()))?;
+    let free = plan::free_memory(device.is_cpu())?;
+    let residency = choose_residency(&shapes, device, opts, free)?;
     let name = paths
         .model_dir
         .file_name()
@@ -57,16 +182,27 @@ pub fn load(paths: &ModelPaths, device: &Device, dtype: DType) -> Result<Box<dyn
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     };
-    Ok(Box::new(Models {
+    let mut models = Models {
         name,
-        device: format!("{location} {dtype:?}").to_lowercase(),
+        device: format!(
+            "{location} {:?}, lm {}, {residency}",
+            opts.dtype, opts.lm_precision
+        )
+        .to_lowercase(),
         paths: paths.clone(),
         torch_device: device.clone(),
-        lm,
-        renderer,
+        opts: *opts,
+        residency,
+        lm: None,
+        renderer: None,
         prompt_encoder: None,
         auto_prompts: None,
-    }))
+    };
+    models.lm_stage()?;
+    if residency == Residency::Streaming {
+        models.render_stage()?;
+    }
+    Ok(Box::new(models))
 }
 
 impl SongModel for Models {
@@ -88,7 +224,7 @@ impl SongModel for Models {
         if self.prompt_encoder.is_none() {
             let encoder = PromptEncoder::load(&self.paths, &self.torch_device)
                 .context("loading the prompt encoders (needed by --prompt-audio)")?
-                .with_pad_token(i64::from(self.lm.config().special_id()));
+                .with_pad_token(i64::from(self.lm_stage()?.config().special_id()));
             self.prompt_encoder = Some(encoder);
         }
         let encoder = self.prompt_encoder.as_ref().expect("loaded above");
@@ -128,7 +264,7 @@ impl SongModel for Models {
         seed: u64,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Tensor> {
-        self.lm
+        self.lm_stage()?
             .generate(&lm_request(input), sampling, seed, progress)
     }
 
@@ -145,11 +281,16 @@ impl SongModel for Models {
         progress: &mut ProgressFn<'_>,
         sink: &mut AudioSink<'_>,
     ) -> Result<Generated> {
+        if self.residency == Residency::Staged {
+            return self.generate_staged(input, sampling, prompts, seeds, progress, sink);
+        }
         let req = lm_request(input);
-        let lm = &mut self.lm;
-        let mut stream = self
-            .renderer
-            .stream(prompts, input.gen_type, seeds.render)?;
+        self.lm_stage()?;
+        self.render_stage()?;
+        let (Some(lm), Some(renderer)) = (self.lm.as_mut(), self.renderer.as_ref()) else {
+            bail!("internal: streaming residency without both models");
+        };
+        let mut stream = renderer.stream(prompts, input.gen_type, seeds.render)?;
         let stop = AtomicBool::new(false);
         let (tx, rx) = crossbeam_channel::unbounded::<LmMsg>();
         let mut on_span = |stem: Stem, start: usize, audio: &Tensor| -> Result<()> {
@@ -212,7 +353,12 @@ impl SongModel for Models {
     }
 
     fn max_frames(&self) -> Option<u64> {
-        Some(self.lm.max_gen_len() as u64 * self.renderer.config().window.samples_per_frame as u64)
+        let lm = self.lm.as_ref()?;
+        let spf = self
+            .renderer
+            .as_ref()
+            .map_or(1920, |r| r.config().window.samples_per_frame);
+        Some(lm.max_gen_len() as u64 * spf as u64)
     }
 
     fn render(
@@ -224,7 +370,7 @@ impl SongModel for Models {
         progress: &mut ProgressFn<'_>,
     ) -> Result<Vec<(Stem, Audio)>> {
         let stems = self
-            .renderer
+            .render_stage()?
             .render(tokens, prompts, gen_type, seed, progress)?;
         if stems.sample_rate != SAMPLE_RATE {
             bail!(
@@ -246,6 +392,80 @@ impl SongModel for Models {
                 ))
             })
             .collect()
+    }
+}
+
+impl Models {
+    /// The LM, loading it first (in staged mode after freeing the renderer).
+    fn lm_stage(&mut self) -> Result<&mut LanguageModel> {
+        if self.lm.is_none() {
+            if self.residency == Residency::Staged {
+                self.renderer = None;
+            }
+            let paths = &self.paths;
+            let mut lm = LanguageModel::load_with(
+                paths,
+                &self.torch_device,
+                self.opts.dtype,
+                self.opts.lm_precision,
+            )
+            .with_context(|| {
+                format!(
+                    "loading the language model from {}",
+                    paths.model_dir.display()
+                )
+            })?;
+            if let Some(s) = self.opts.max_seconds {
+                let frames = (s * lm.config().frame_rate as f64).ceil() as usize;
+                lm.set_max_gen_len(frames.clamp(1, lm.max_gen_len()));
+            }
+            self.lm = Some(lm);
+        }
+        Ok(self.lm.as_mut().expect("loaded above"))
+    }
+
+    /// The renderer, loading it first (in staged mode after freeing the LM and its KV cache).
+    fn render_stage(&mut self) -> Result<&mut Renderer> {
+        if self.renderer.is_none() {
+            if self.residency == Residency::Staged {
+                self.lm = None;
+            }
+            let renderer = Renderer::load(&self.paths, &self.torch_device, DType::F32)
+                .with_context(|| {
+                    format!(
+                        "loading the renderer from {}",
+                        self.paths.runtime_dir.display()
+                    )
+                })?;
+            self.renderer = Some(renderer);
+        }
+        Ok(self.renderer.as_mut().expect("loaded above"))
+    }
+
+    /// Staged residency: the whole LM first, then (with the LM freed) every stem rendered in
+    /// batch; each stem's audio goes to `sink` as one span once it is complete.
+    fn generate_staged(
+        &mut self,
+        input: &LmInput,
+        sampling: &SamplingOptions,
+        prompts: &PromptSet,
+        seeds: Seeds,
+        progress: &mut ProgressFn<'_>,
+        sink: &mut AudioSink<'_>,
+    ) -> Result<Generated> {
+        let started = Instant::now();
+        let tokens = self.tokens(input, sampling, seeds.lm, progress)?;
+        let lm_s = started.elapsed().as_secs_f64();
+        for (stem, audio) in
+            self.render(&tokens, prompts, input.gen_type, seeds.render, progress)?
+        {
+            sink(&AudioChunk {
+                stem,
+                start: 0,
+                channels: audio.channels,
+            })?;
+        }
+        Ok(Generated { tokens, lm_s })
     }
 }
 

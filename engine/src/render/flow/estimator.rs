@@ -6,7 +6,9 @@
 //! used as `x · W`), while `proj_out` and `adaln_single.*` are ordinary `Linear` (`[out, in]`).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::quant::QLinear;
 use serde::Deserialize;
 
 /// Sinusoidal timestep features of the AdaLN-single embedder.
@@ -80,14 +82,22 @@ impl Module for Conv1D {
     }
 }
 
+/// An ordinary `[out, in]` linear layer, stored transposed for the matmul.
+fn linear(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<QLinear> {
+    QLinear::from_weight(
+        &vb.get((d_out, d_in), "weight")?,
+        Some(vb.get(d_out, "bias")?),
+    )
+}
+
 /// Timestep → `emb` (`TimestepEmbedding` of the `[cos | sin]` features) and the block
 /// modulation `mod = linear(SiLU(emb))` (`adaln_single`).
 #[derive(Debug, Clone)]
 pub struct AdaLnSingle {
     cfg: TimestepConfig,
-    linear_1: Linear,
-    linear_2: Linear,
-    linear: Linear,
+    linear_1: QLinear,
+    linear_2: QLinear,
+    linear: QLinear,
 }
 
 impl AdaLnSingle {
@@ -96,9 +106,9 @@ impl AdaLnSingle {
         let te = vb.pp("emb").pp("timestep_embedder");
         Ok(Self {
             cfg: cfg.timestep.clone(),
-            linear_1: candle_nn::linear(cfg.timestep.flow_t_size, d, te.pp("linear_1"))?,
-            linear_2: candle_nn::linear(d, d, te.pp("linear_2"))?,
-            linear: candle_nn::linear(d, 6 * d, vb.pp("linear"))?,
+            linear_1: linear(cfg.timestep.flow_t_size, d, te.pp("linear_1"))?,
+            linear_2: linear(d, d, te.pp("linear_2"))?,
+            linear: linear(d, 6 * d, vb.pp("linear"))?,
         })
     }
 
@@ -305,9 +315,9 @@ pub struct FlowEstimator {
     blocks: Vec<Block>,
     scale_shift_table: Tensor,
     ln_f: LayerNorm,
-    proj_out: Linear,
+    proj_out: QLinear,
     /// `proj_out` restricted to its last `latent_dim` rows: only they feed the velocity.
-    velocity_head: Option<Linear>,
+    velocity_head: Option<QLinear>,
     rope: Rope,
     dtype: DType,
 }
@@ -325,13 +335,14 @@ impl FlowEstimator {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::load(vb.pp("h").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let proj_out = candle_nn::linear(d, d, vb.pp("proj_out"))?;
+        let out_w = vb.pp("proj_out").get((d, d), "weight")?;
+        let out_b = vb.pp("proj_out").get(d, "bias")?;
+        let proj_out = QLinear::from_weight(&out_w, Some(out_b.clone()))?;
         let velocity_head = match latent_dim {
-            Some(n) if n <= d => {
-                let w = proj_out.weight().narrow(0, d - n, n)?.contiguous()?;
-                let b = proj_out.bias().map(|b| b.narrow(0, d - n, n)).transpose()?;
-                Some(Linear::new(w, b))
-            }
+            Some(n) if n <= d => Some(QLinear::from_weight(
+                &out_w.narrow(0, d - n, n)?,
+                Some(out_b.narrow(0, d - n, n)?.contiguous()?),
+            )?),
             Some(n) => candle_core::bail!("latent_dim {n} exceeds the estimator width {d}"),
             None => None,
         };
