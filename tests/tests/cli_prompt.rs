@@ -230,10 +230,12 @@ fn serve_takes_an_audio_prompt() {
             _ => None,
         })
         .collect();
+    // The bad job is refused when it is queued, before the good one finishes.
     assert_eq!(ends.len(), 2, "{ends:?}");
-    assert_eq!(ends[0], "done a");
+    assert!(ends.contains(&"done a".to_owned()), "{ends:?}");
     assert!(
-        ends[1].starts_with("error b") && ends[1].contains("missing.wav"),
+        ends.iter()
+            .any(|e| e.starts_with("error b") && e.contains("missing.wav")),
         "{ends:?}"
     );
     assert!(events.iter().any(|e| matches!(
