@@ -134,8 +134,9 @@ pub fn read_wav_prefix(path: &Path, max_seconds: f64) -> Result<ClipRead, AudioE
     })
 }
 
-/// Checks that `path` is a WAV file with samples, without reading them.
-pub fn probe_wav(path: &Path) -> Result<hound::WavSpec, AudioError> {
+/// Checks that `path` is a WAV file with samples, without reading them; returns its format and
+/// length.
+pub fn probe_wav(path: &Path) -> Result<WavInfo, AudioError> {
     if !path.is_file() {
         return Err(AudioError::NotFound {
             path: path.to_path_buf(),
@@ -150,7 +151,18 @@ pub fn probe_wav(path: &Path) -> Result<hound::WavSpec, AudioError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(reader.spec())
+    Ok(WavInfo {
+        spec: reader.spec(),
+        seconds: reader.duration() as f64 / reader.spec().sample_rate as f64,
+    })
+}
+
+/// What [`probe_wav`] reads from a WAV header.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WavInfo {
+    pub spec: hound::WavSpec,
+    /// Length by the header.
+    pub seconds: f64,
 }
 
 /// Writes `audio` as 32-bit float WAV (the decoder's output is not clipped, and peaks above 1.0

@@ -116,7 +116,7 @@ fn every_type_with_a_prompt_clip_writes_its_stems_reproducibly() {
         assert_eq!(r["prompt"]["kind"], "audio", "{r}");
         assert_eq!(r["prompt"]["path"], p, "{r}");
         assert!(r["timings"]["prompt_s"].as_f64().unwrap() > 0.0, "{r}");
-        if ty == "separate" || ty == "mixed" {
+        if ty == "separate" {
             let again = home.join(format!("{ty}-again"));
             check(&generate(&home, &again, &args));
             assert!(
@@ -145,10 +145,11 @@ fn every_type_with_a_prompt_clip_writes_its_stems_reproducibly() {
     let (a, b) = (record(&home.join("mixed"), "s"), record(&out, "s"));
     assert!(a["tokens_digest"].is_string(), "{a}");
     assert_ne!(a["tokens_digest"], b["tokens_digest"]);
-    // And no prompt at all differs too.
-    let plain = home.join("plain");
-    check(&generate(&home, &plain, &["--seed", "5", "--id", "s"]));
-    assert_ne!(record(&plain, "s")["tokens_digest"], a["tokens_digest"]);
+    // The same seed and clip give the same tokens whatever the type renders.
+    assert_eq!(
+        record(&home.join("separate"), "s")["tokens_digest"],
+        a["tokens_digest"]
+    );
 }
 
 #[test]
@@ -229,10 +230,12 @@ fn serve_takes_an_audio_prompt() {
             _ => None,
         })
         .collect();
+    // The bad job is refused when it is queued, before the good one finishes.
     assert_eq!(ends.len(), 2, "{ends:?}");
-    assert_eq!(ends[0], "done a");
+    assert!(ends.contains(&"done a".to_owned()), "{ends:?}");
     assert!(
-        ends[1].starts_with("error b") && ends[1].contains("missing.wav"),
+        ends.iter()
+            .any(|e| e.starts_with("error b") && e.contains("missing.wav")),
         "{ends:?}"
     );
     assert!(events.iter().any(|e| matches!(

@@ -113,7 +113,7 @@ fn a_captured_loop_becomes_the_prompt_of_a_take_that_plays() {
     assert_eq!(field(&state, "draft")["prompt"]["kind"], "captured");
 
     // Generate, as host automation would trigger it; the transport is stopped meanwhile.
-    let idle = |plugin: &mut TestPlugin, params: &[(u32, f64)]| {
+    let idle = |plugin: &mut TestPlugin, params: &[(clack_host::prelude::ClapId, f64)]| {
         let mut block = Block::silent(frames);
         plugin.process(
             &mut block,

@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use songgen_engine::audio::{read_wav_prefix, Audio};
+use songgen_engine::io::audio::{read_wav_prefix, Audio};
 use songgen_engine::paths::ModelPaths;
 use songgen_engine::progress::Progress;
-use songgen_engine::prompt::{EncodedPrompt, PromptEncoder, PROMPT_PAD_TOKEN, READ_SECONDS};
+use songgen_engine::prompt::{EncodedPrompt, PromptEncoder, READ_SECONDS};
+
+/// The released LM's "no prompt" filler id, the encoder's default.
+const PROMPT_PAD_TOKEN: i64 = 16385;
 use songgen_tests::{temp_dir, tiny_model};
 
 fn model() -> &'static (ModelPaths, PromptEncoder) {

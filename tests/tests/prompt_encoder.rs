@@ -225,9 +225,9 @@ fn unusable_input_is_a_clear_error_and_cancelling_stops() {
 
 #[test]
 fn separating_a_prefix_equals_the_start_of_separating_everything() {
-    use songgen_engine::demucs::apply::ApplyOptions;
-    use songgen_engine::demucs::HtDemucs;
-    use songgen_engine::weights::WeightFile;
+    use songgen_engine::io::weights::WeightFile;
+    use songgen_engine::prompt::demucs::apply::ApplyOptions;
+    use songgen_engine::prompt::demucs::HtDemucs;
     let dir = songgen_tests::fixture_dir("prompt");
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&text).unwrap();

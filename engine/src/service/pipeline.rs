@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::io::audio::{self, Audio, AudioError};
 use crate::lyrics::{self, Language, LyricsError};
 use crate::progress::{is_cancelled, Progress, ProgressFn};
-use crate::prompt::JobPrompt;
+use crate::prompt::{JobPrompt, READ_SECONDS};
 use crate::protocol::{GenType, Job, SamplingOptions, Stage, Stem, StylePrompt};
 use crate::render::PromptSet;
 use crate::tags::{self, AUTO_PROMPT_GENRES};
@@ -60,6 +60,9 @@ pub struct Generated {
     /// Seconds the LM ran.
     pub lm_s: f64,
 }
+
+/// Seconds of a style prompt the model uses (`prompt_len`).
+const PROMPT_SECONDS: f64 = 10.0;
 
 /// The LM's inputs for one job, as the user gave them (the model applies its own per-version
 /// text rules, e.g. v2's `[Musicality-very-high]` prefix and `'.'` lyrics for `bgm`).
@@ -220,6 +223,8 @@ struct Record<'a> {
     sample_rate: u32,
     frames: u64,
     stems: &'a BTreeMap<String, PathBuf>,
+    /// FNV-1a of the LM tokens ([`tokens_digest`]).
+    tokens_digest: String,
     timings: &'a Timings,
     warnings: &'a [String],
 }
@@ -275,7 +280,28 @@ pub fn prepare(id: &str, job: &Job) -> Result<PreparedJob, PipelineError> {
     };
     match &job.prompt {
         Some(StylePrompt::Audio { path }) => {
-            audio::probe_wav(path)?;
+            let seconds = audio::probe_wav(path)?.seconds;
+            if descriptions.is_some() {
+                warnings.push(format!(
+                    "prompt audio and style tags are both given: the reference advises against \
+                     it (the model may follow neither well when they disagree); drop the tags \
+                     to let {} lead",
+                    path.display()
+                ));
+            }
+            if seconds < PROMPT_SECONDS {
+                warnings.push(format!(
+                    "prompt audio {} is {seconds:.1} s, shorter than 10 s: the model repeats it \
+                     to fill its 10 s prompt (a chorus of 10 s or more works best)",
+                    path.display()
+                ));
+            } else if seconds > PROMPT_SECONDS {
+                warnings.push(format!(
+                    "prompt audio {} is {seconds:.1} s: only its first 10 s are used (start the \
+                     file at the chorus)",
+                    path.display()
+                ));
+            }
         }
         Some(StylePrompt::Auto { genre }) if !AUTO_PROMPT_GENRES.contains(&genre.as_str()) => {
             return Err(PipelineError::Input(format!(
@@ -372,14 +398,25 @@ pub fn run_streaming(
         }
     };
 
+    let mut warnings = job.warnings.clone();
     let t = Instant::now();
     let prompt_seed = stage_seed(seed, Stage::Prompt);
     let prompt = match &job.job.prompt {
         None => None,
         Some(StylePrompt::Audio { path }) => {
-            let clip = audio::read_wav(path)?;
+            // Only the start of a long file is read (see `prompt::READ_SECONDS`).
+            let clip = audio::read_wav_prefix(path, READ_SECONDS)?;
+            if clip.truncated {
+                warnings.push(format!(
+                    "prompt audio {} ends before the length its header gives (a cut-off file); \
+                     its first {:.1} s are used",
+                    path.display(),
+                    clip.audio.frames() as f64 / clip.audio.sample_rate.max(1) as f64
+                ));
+            }
             let prompt = model
-                .encode_prompt(&clip, job.job.gen_type, prompt_seed, progress)
+                .encode_prompt(&clip.audio, job.job.gen_type, prompt_seed, progress)
+                .map_err(|e| e.context(format!("prompt audio {}", path.display())))
                 .map_err(stage_err(Stage::Prompt))?;
             Some(prompt)
         }
@@ -518,8 +555,9 @@ pub fn run_streaming(
         sample_rate: audio::SAMPLE_RATE,
         frames,
         stems: &written,
+        tokens_digest: tokens_digest(&tokens).map_err(stage_err(Stage::Lm))?,
         timings: &timings,
-        warnings: &job.warnings,
+        warnings: &warnings,
     };
     let text = serde_json::to_string_pretty(&record).expect("record serialises") + "\n";
     audio::write_text(&job.record, &text, job.job.overwrite)?;
@@ -531,8 +569,22 @@ pub fn run_streaming(
         token_frames,
         seed,
         timings,
-        warnings: job.warnings.clone(),
+        warnings,
     })
+}
+
+/// FNV-1a (64-bit) of the LM tokens `[1, 3, T]` (little-endian i64s), as 16 hex digits: lets a
+/// record show whether two jobs decoded the same tokens without storing them.
+fn tokens_digest(tokens: &Tensor) -> anyhow::Result<String> {
+    let values = tokens
+        .to_dtype(candle_core::DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in values.iter().flat_map(|v| v.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
 }
 
 #[cfg(test)]
