@@ -22,7 +22,9 @@ use crate::protocol::{GenType, SamplingOptions, Stem};
 use crate::quant::LmPrecision;
 use crate::render::renderer::{RenderStream, SpanSink};
 use crate::render::{PromptSet, Renderer};
-use crate::service::pipeline::{AudioChunk, AudioSink, Generated, LmInput, Seeds, SongModel};
+use crate::service::pipeline::{
+    generate_batch, AudioChunk, AudioSink, Generated, LmInput, Seeds, SongModel,
+};
 
 /// Everything a job needs, on one device.
 pub struct Models {
@@ -282,7 +284,8 @@ impl SongModel for Models {
         sink: &mut AudioSink<'_>,
     ) -> Result<Generated> {
         if self.residency == Residency::Staged {
-            return self.generate_staged(input, sampling, prompts, seeds, progress, sink);
+            // The LM and its KV cache are freed before the renderer loads: no pipelining.
+            return generate_batch(self, input, sampling, prompts, seeds, progress, sink);
         }
         let req = lm_request(input);
         self.lm_stage()?;
@@ -440,32 +443,6 @@ impl Models {
             self.renderer = Some(renderer);
         }
         Ok(self.renderer.as_mut().expect("loaded above"))
-    }
-
-    /// Staged residency: the whole LM first, then (with the LM freed) every stem rendered in
-    /// batch; each stem's audio goes to `sink` as one span once it is complete.
-    fn generate_staged(
-        &mut self,
-        input: &LmInput,
-        sampling: &SamplingOptions,
-        prompts: &PromptSet,
-        seeds: Seeds,
-        progress: &mut ProgressFn<'_>,
-        sink: &mut AudioSink<'_>,
-    ) -> Result<Generated> {
-        let started = Instant::now();
-        let tokens = self.tokens(input, sampling, seeds.lm, progress)?;
-        let lm_s = started.elapsed().as_secs_f64();
-        for (stem, audio) in
-            self.render(&tokens, prompts, input.gen_type, seeds.render, progress)?
-        {
-            sink(&AudioChunk {
-                stem,
-                start: 0,
-                channels: audio.channels,
-            })?;
-        }
-        Ok(Generated { tokens, lm_s })
     }
 }
 

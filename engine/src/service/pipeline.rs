@@ -132,24 +132,36 @@ pub trait SongModel: Send {
         progress: &mut ProgressFn<'_>,
         sink: &mut AudioSink<'_>,
     ) -> anyhow::Result<Generated> {
-        let started = Instant::now();
-        let tokens = self.tokens(input, sampling, seeds.lm, progress)?;
-        let lm_s = started.elapsed().as_secs_f64();
-        for (stem, audio) in
-            self.render(&tokens, prompts, input.gen_type, seeds.render, progress)?
-        {
-            sink(&AudioChunk {
-                stem,
-                start: 0,
-                channels: audio.channels,
-            })?;
-        }
-        Ok(Generated { tokens, lm_s })
+        generate_batch(self, input, sampling, prompts, seeds, progress, sink)
     }
     /// The longest stem a job can produce, in sample frames (the LM's length limit), when known.
     fn max_frames(&self) -> Option<u64> {
         None
     }
+}
+
+/// [`SongModel::generate`] without pipelining: the LM, then [`SongModel::render`], each stem
+/// handed to `sink` whole.
+pub fn generate_batch<M: SongModel + ?Sized>(
+    model: &mut M,
+    input: &LmInput,
+    sampling: &SamplingOptions,
+    prompts: &PromptSet,
+    seeds: Seeds,
+    progress: &mut ProgressFn<'_>,
+    sink: &mut AudioSink<'_>,
+) -> anyhow::Result<Generated> {
+    let started = Instant::now();
+    let tokens = model.tokens(input, sampling, seeds.lm, progress)?;
+    let lm_s = started.elapsed().as_secs_f64();
+    for (stem, audio) in model.render(&tokens, prompts, input.gen_type, seeds.render, progress)? {
+        sink(&AudioChunk {
+            stem,
+            start: 0,
+            channels: audio.channels,
+        })?;
+    }
+    Ok(Generated { tokens, lm_s })
 }
 
 /// Why a job failed. Input problems are found before any model runs.
@@ -555,7 +567,7 @@ pub fn run_streaming(
         sample_rate: audio::SAMPLE_RATE,
         frames,
         stems: &written,
-        tokens_digest: tokens_digest(&tokens).map_err(stage_err(Stage::Lm))?,
+        tokens_digest: tokens_digest(&generated.tokens).map_err(stage_err(Stage::Lm))?,
         timings: &timings,
         warnings: &warnings,
     };
