@@ -58,7 +58,8 @@ prepare() {
   bundle=$(cd "$bundle" && pwd)
   local stage
   stage=$(mktemp -d)
-  trap 'rm -rf "$stage"' RETURN
+  # A RETURN trap outlives the function unless it removes itself.
+  trap 'rm -rf "${stage:-}"; trap - RETURN' RETURN
 
   # The engine.
   local engine=${GPU_CHECK_SONGGEN:-}
@@ -165,7 +166,14 @@ remote() {
   work=$(mktemp -d)
   # At most 8 files come back from the device tool: machine.txt, summary.txt, doctor.log,
   # parity.log, generate.log, timings.log, timings.jsonl, gpu-memory.csv.
-  { echo "== bundle"; cat "$bundle/INFO" "$bundle/BUILD-INFO" "$bundle/SUBSET.txt" 2>/dev/null; } >"$out/machine.txt"
+  # BUILD-INFO comes only with a CUDA build (not in a dry run).
+  {
+    echo "== bundle"
+    local f
+    for f in INFO BUILD-INFO SUBSET.txt; do
+      if [ -f "$bundle/$f" ]; then cat "$bundle/$f"; fi
+    done
+  } >"$out/machine.txt"
   xz -dc "$bundle/songgen.xz" >"$work/songgen"
   chmod +x "$work/songgen"
   xz -dc "$bundle/data.tar.xz" | tar -C "$work" -xf -
