@@ -28,6 +28,47 @@ pub fn default_models_dir() -> PathBuf {
     songgen_home().join("models")
 }
 
+/// The per-user configuration folder (the plugin's settings, the network engine's token):
+/// `$SONGGEN_CONFIG_DIR` when set, else the platform's config folder (`~/.config/songgen`, ...).
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SONGGEN_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    directories::ProjectDirs::from("", "", "songgen")
+        .map(|d| d.config_dir().to_path_buf())
+        .unwrap_or_else(|| songgen_home().join("config"))
+}
+
+/// Where `songgen serve --listen` keeps its token when no `--token-file` is given.
+pub fn default_token_file() -> PathBuf {
+    config_dir().join("engine.token")
+}
+
+/// The per-user runtime folder of the shared local engine (its socket, lock and log):
+/// `$SONGGEN_RUNTIME_DIR` when set, else `$XDG_RUNTIME_DIR/songgen`, else `songgen-<user>` in the
+/// temporary folder. The engine creates it with mode 0700 and refuses one that others can enter.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SONGGEN_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("songgen");
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "user".into());
+    let user: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    std::env::temp_dir().join(format!("songgen-{user}"))
+}
+
+/// The shared local engine's Unix socket (`songgen serve --socket` without a path).
+pub fn engine_socket() -> PathBuf {
+    runtime_dir().join("engine.sock")
+}
+
 /// Resolved locations of every file the pipeline reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelPaths {

@@ -130,10 +130,52 @@ impl Default for SamplingOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum StylePrompt {
-    /// An audio file (any rate; ~10 s are used).
+    /// An audio file on the engine's machine (any rate; ~10 s are used). Local clients only: a
+    /// network client names no server path and uploads the clip instead.
     Audio { path: PathBuf },
     /// A genre from the auto-prompt library (`Pop`, `Rock`, ..., `Auto`).
     Auto { genre: String },
+    /// A WAV file sent in the request: standard base64 of the file's bytes, at most
+    /// [`MAX_UPLOAD_SECONDS`] of audio and [`MAX_UPLOAD_BYTES`] before encoding.
+    Upload { wav: String },
+}
+
+/// Longest style clip a client may upload, in seconds (the model uses the first 10 s).
+pub const MAX_UPLOAD_SECONDS: f64 = 60.0;
+/// Largest uploaded WAV file in bytes (60 s of 48 kHz stereo 16-bit PCM is 11 MiB).
+pub const MAX_UPLOAD_BYTES: usize = 12 << 20;
+/// Longest request line the engine reads; a longer one is answered with `error` and the
+/// connection is closed (an uploaded clip's base64 fits: 4/3 × [`MAX_UPLOAD_BYTES`]).
+pub const MAX_LINE_BYTES: usize = 17 << 20;
+/// Longest job id (ids name files).
+pub const MAX_ID_LEN: usize = 64;
+
+/// The rule for job and take ids, shared by the engine (they name its output files) and the
+/// plugin (they name cache folders, so ids restored from a project are checked with it before
+/// any file operation): 1 to [`MAX_ID_LEN`] ASCII letters, digits, `-`, `_` and `.`, starting with
+/// a letter or digit. `Err` says what is wrong, for an error message.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let shown: String = id.chars().take(MAX_ID_LEN).collect();
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("the id `{shown}...` is longer than {MAX_ID_LEN} characters"));
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(format!("the id `{shown}` must start with a letter or digit"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "the id `{}` holds `{}`: use letters, digits, `-`, `_` and `.`",
+            shown.escape_debug(),
+            c.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// One generation job: the reference's JSONL fields plus the engine's options.
@@ -153,7 +195,9 @@ pub struct Job {
     pub seed: Option<u64>,
     #[serde(default)]
     pub sampling: SamplingOptions,
-    /// Folder the stems and the JSON record are written to.
+    /// Folder the stems and the JSON record are written to. Required from local clients; a
+    /// network client leaves it out (the server writes under its own output root).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub out_dir: PathBuf,
     /// Replace stems of an earlier job with the same id in `out_dir` (otherwise the job fails
     /// before generating anything).
@@ -161,17 +205,25 @@ pub struct Job {
     pub overwrite: bool,
 }
 
+fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
 /// A line from the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Request {
+    /// The first line of a network (TCP) connection: the server's token (`--token-file`).
+    /// Anything else first, or a wrong token, is answered with `error` and the connection closed.
+    Auth { token: String },
     /// Queue a job; `id` is chosen by the client and names the stem files.
     Generate { id: String, job: Job },
     /// Cancel a queued or running job.
     Cancel { id: String },
     /// Ask for a `status` event.
     Status,
-    /// Finish the running job's current step, then exit.
+    /// Finish the running job's current step, then exit. Accepted only from the engine's local
+    /// owner (stdin, the per-user socket), never over the network.
     Shutdown,
 }
 
@@ -330,5 +382,38 @@ mod tests {
         assert!(decode_samples("***", 2).unwrap_err().contains("base64"));
         let cancel: Request = serde_json::from_str(r#"{"op":"cancel","id":"t1"}"#).unwrap();
         assert_eq!(cancel, Request::Cancel { id: "t1".into() });
+        // A network job names no folder; the field stays out of the line.
+        let remote: Request =
+            serde_json::from_str(r#"{"op":"generate","id":"r","job":{"lyrics":"x"}}"#).unwrap();
+        let Request::Generate { job, .. } = &remote else {
+            panic!()
+        };
+        assert!(job.out_dir.as_os_str().is_empty());
+        assert!(!serde_json::to_string(&remote).unwrap().contains("out_dir"));
+    }
+
+    #[test]
+    fn ids_are_file_names_and_nothing_else() {
+        for ok in ["take-1", "take-1764000000000-a3f9", "0_en", "song.v2", "A"] {
+            assert_eq!(check_id(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "/etc/passwd",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "a\\b",
+            "C:x",
+            "take 1",
+            "t\u{0}",
+            "é",
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_id(&"a".repeat(MAX_ID_LEN)).is_ok());
+        let long = check_id(&"a".repeat(MAX_ID_LEN + 1)).unwrap_err();
+        assert!(long.contains("longer"), "{long}");
     }
 }

@@ -260,14 +260,14 @@ pub struct PreparedJob {
 /// not hold this id's files unless `overwrite`). Unknown style tags are warnings here; front-ends
 /// that want them to be errors check [`tags::check_style`] themselves.
 pub fn prepare(id: &str, job: &Job) -> Result<PreparedJob, PipelineError> {
-    if id.is_empty()
-        || id.starts_with('.')
-        || id
-            .chars()
-            .any(|c| c.is_control() || "/\\:*?\"<>|".contains(c))
-    {
+    if let Err(why) = songgen_protocol::check_id(id) {
         return Err(PipelineError::Input(format!(
-            "job id `{id}` cannot be used as a file name (use letters, digits, `-` and `_`)"
+            "job id cannot be used as a file name: {why}"
+        )));
+    }
+    if job.out_dir.as_os_str().is_empty() {
+        return Err(PipelineError::Input(format!(
+            "job `{id}` has no `out_dir`: say which folder its stems go to"
         )));
     }
     let mut warnings = Vec::new();
@@ -314,6 +314,13 @@ pub fn prepare(id: &str, job: &Job) -> Result<PreparedJob, PipelineError> {
                     path.display()
                 ));
             }
+        }
+        Some(StylePrompt::Upload { .. }) => {
+            return Err(PipelineError::Input(
+                "an uploaded prompt clip is only accepted by `songgen serve` (which stores it \
+                 before the job runs); pass the clip's path instead"
+                    .into(),
+            ))
         }
         Some(StylePrompt::Auto { genre }) if !AUTO_PROMPT_GENRES.contains(&genre.as_str()) => {
             return Err(PipelineError::Input(format!(
@@ -431,6 +438,12 @@ pub fn run_streaming(
                 .map_err(|e| e.context(format!("prompt audio {}", path.display())))
                 .map_err(stage_err(Stage::Prompt))?;
             Some(prompt)
+        }
+        Some(StylePrompt::Upload { .. }) => {
+            // `prepare` refuses it: the service stores an upload as a file first.
+            return Err(PipelineError::Input(
+                "an uploaded prompt clip must be stored by the service before the job runs".into(),
+            ));
         }
         Some(StylePrompt::Auto { genre }) => {
             let subset = job.language.unwrap_or(Language::En).auto_prompt_subset();

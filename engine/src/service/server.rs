@@ -132,6 +132,7 @@ impl Engine {
                 });
             }
             Request::Shutdown => self.shutdown(),
+            Request::Auth { .. } => {}
         }
     }
 

@@ -124,6 +124,7 @@ fn main() {
                 queued: vec![],
             }),
             Request::Shutdown => break,
+            Request::Auth { .. } => {}
         }
     }
 }
