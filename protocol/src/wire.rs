@@ -160,10 +160,14 @@ pub fn check_id(id: &str) -> Result<(), String> {
         return Err("the id is empty".into());
     }
     if id.len() > MAX_ID_LEN {
-        return Err(format!("the id `{shown}...` is longer than {MAX_ID_LEN} characters"));
+        return Err(format!(
+            "the id `{shown}...` is longer than {MAX_ID_LEN} characters"
+        ));
     }
     if !id.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(format!("the id `{shown}` must start with a letter or digit"));
+        return Err(format!(
+            "the id `{shown}` must start with a letter or digit"
+        ));
     }
     if let Some(c) = id
         .chars()
@@ -316,6 +320,18 @@ pub fn encode_samples(channels: &[&[f32]]) -> String {
         }
     }
     BASE64.encode(bytes)
+}
+
+/// Standard base64 (with padding), as `upload` prompts and `chunk` data use it.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// Decodes [`encode_base64`]'s output.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    BASE64
+        .decode(text.trim())
+        .map_err(|e| format!("not base64 ({e})"))
 }
 
 /// Decodes [`encode_samples`]' output into interleaved samples of `channels` channels.

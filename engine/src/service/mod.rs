@@ -4,6 +4,9 @@
 //! machine can run).
 
 pub mod doctor;
+pub mod listen;
 pub mod models;
 pub mod pipeline;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod sine;

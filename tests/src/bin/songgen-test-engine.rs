@@ -1,42 +1,34 @@
-//! A stand-in for `songgen serve --stdio` used by the plugin tests: it speaks the same JSON-lines
-//! protocol (`songgen_engine::protocol`) but "generates" short sine stems instantly, so the
-//! plugin's engine client, take handling and crash recovery can be tested without model weights.
+//! A stand-in for `songgen serve` used by the plugin tests: the real service
+//! (`songgen_engine::service`: queues, clients, the shared socket, TCP with a token) around a
+//! model that "generates" sine stems at once (`service::sine::SineModel`), so the plugin's
+//! engine client, take handling and crash recovery are tested without weights.
 //!
-//! Environment: `SONGGEN_TEST_ENGINE_PIDFILE` (a line with its pid is appended at start),
-//! `SONGGEN_TEST_ENGINE_SECONDS` (stem length, default 1.0).
+//! `songgen-test-engine serve --stdio | --socket PATH | --listen ADDR [--token-file F]`; other
+//! arguments (those the plugin passes on, e.g. `--model`) are ignored.
+//!
+//! Environment: `SONGGEN_TEST_ENGINE_PIDFILE` (a line with its pid is appended once it serves:
+//! for `--socket`, once it holds the socket's lock), `SONGGEN_TEST_ENGINE_SECONDS` (stem length,
+//! default 1.0), `SONGGEN_TEST_ENGINE_STEP_MS` (time per LM step, 4 steps, default 0),
+//! `SONGGEN_TEST_ENGINE_LOG` (a line per job start: the first word of its lyrics),
+//! `SONGGEN_ENGINE_GRACE` (seconds a socket engine stays up idle, default 60).
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use songgen_engine::protocol::{Event, GenType, Request, Stage, PROTOCOL_VERSION};
+use songgen_engine::service::listen;
+use songgen_engine::service::server::{Engine, EngineOptions};
+use songgen_engine::service::sine::SineModel;
 
-const SAMPLE_RATE: u32 = 48_000;
-
-fn emit(ev: &Event) {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, ev).expect("stdout");
-    out.write_all(b"\n").expect("stdout");
-    out.flush().expect("stdout");
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
-fn write_sine(path: &Path, freq: f32, frames: usize) -> hound::Result<()> {
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    for k in 0..frames {
-        let v = 0.5 * (std::f32::consts::TAU * freq * k as f32 / SAMPLE_RATE as f32).sin();
-        w.write_sample(v)?;
-        w.write_sample(-v)?;
-    }
-    w.finalize()
-}
-
-fn main() {
+fn start(options: EngineOptions) -> Engine {
     if let Some(pidfile) = std::env::var_os("SONGGEN_TEST_ENGINE_PIDFILE") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -45,86 +37,62 @@ fn main() {
             .expect("pid file");
         writeln!(f, "{}", std::process::id()).expect("pid file");
     }
-    let seconds: f32 = std::env::var("SONGGEN_TEST_ENGINE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    emit(&Event::Ready {
-        protocol: PROTOCOL_VERSION,
-        model: "test-engine".into(),
-        device: "cpu".into(),
-    });
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let req: Request = match serde_json::from_str(&line) {
-            Ok(r) => r,
+    let model = SineModel {
+        seconds: env_f64("SONGGEN_TEST_ENGINE_SECONDS", 1.0),
+        steps: 4,
+        step_time: Duration::from_secs_f64(env_f64("SONGGEN_TEST_ENGINE_STEP_MS", 0.0) / 1000.0),
+        log: std::env::var_os("SONGGEN_TEST_ENGINE_LOG").map(PathBuf::from),
+    };
+    Engine::start_with(Box::new(model), options)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if args.first().map(String::as_str) != Some("serve") {
+        eprintln!("usage: songgen-test-engine serve --stdio | --socket PATH | --listen ADDR");
+        std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--socket") {
+        let socket = value("--socket")
+            .filter(|p| !p.starts_with("--"))
+            .map(PathBuf::from)
+            .unwrap_or_else(songgen_engine::paths::engine_socket);
+        let grace = Duration::from_secs_f64(env_f64("SONGGEN_ENGINE_GRACE", 60.0));
+        match listen::serve_socket(&socket, grace, || Ok(start(EngineOptions::default()))) {
+            Ok(listen::Served::Done) => {}
+            Ok(listen::Served::AlreadyRunning) => {
+                eprintln!("songgen: an engine already serves {}", socket.display())
+            }
             Err(e) => {
-                emit(&Event::Error {
-                    id: None,
-                    message: format!("bad request: {e}"),
-                });
-                continue;
+                eprintln!("songgen: {e:#}");
+                std::process::exit(1);
             }
-        };
-        match req {
-            Request::Generate { id, job } => {
-                emit(&Event::Queued {
-                    id: id.clone(),
-                    position: 0,
-                });
-                let seed = job.seed.unwrap_or(42);
-                emit(&Event::Started {
-                    id: id.clone(),
-                    seed,
-                    max_frames: None,
-                });
-                for done in 0..=4 {
-                    emit(&Event::Progress {
-                        id: id.clone(),
-                        stage: Stage::Lm,
-                        done,
-                        total: 4,
-                        rate: None,
-                    });
-                }
-                let frames = (seconds * SAMPLE_RATE as f32) as usize;
-                let names: &[(&str, f32)] = match job.gen_type {
-                    GenType::Mixed => &[("mixed", 330.0)],
-                    GenType::Vocal => &[("vocal", 440.0)],
-                    GenType::Bgm => &[("bgm", 220.0)],
-                    GenType::Separate => &[("mixed", 330.0), ("vocal", 440.0), ("bgm", 220.0)],
-                };
-                let mut stems = BTreeMap::new();
-                let mut failed = None;
-                for (name, freq) in names {
-                    let path = job.out_dir.join(format!("{id}-{name}.wav"));
-                    if let Err(e) = write_sine(&path, *freq, frames) {
-                        failed = Some(format!("writing {}: {e}", path.display()));
-                        break;
-                    }
-                    stems.insert(name.to_string(), path);
-                }
-                match failed {
-                    Some(message) => emit(&Event::Error {
-                        id: Some(id),
-                        message,
-                    }),
-                    None => emit(&Event::Done {
-                        id,
-                        stems,
-                        sample_rate: SAMPLE_RATE,
-                        frames: frames as u64,
-                        seed,
-                    }),
-                }
-            }
-            Request::Cancel { id } => emit(&Event::Cancelled { id }),
-            Request::Status => emit(&Event::Status {
-                running: None,
-                queued: vec![],
-            }),
-            Request::Shutdown => break,
-            Request::Auth { .. } => {}
         }
+    } else if let Some(addr) = value("--listen") {
+        let listener = std::net::TcpListener::bind(&addr).expect("bind");
+        let token = value("--token-file").map(|f| {
+            listen::load_or_create_token(std::path::Path::new(&f))
+                .expect("token file")
+                .0
+        });
+        let out_root = value("--out-root").map(PathBuf::from);
+        let engine = Arc::new(start(EngineOptions {
+            out_root,
+            ..EngineOptions::default()
+        }));
+        if let Err(e) = listen::serve_tcp(&engine, listener, token) {
+            eprintln!("songgen: {e:#}");
+            std::process::exit(1);
+        }
+        engine.join();
+    } else {
+        let engine = start(EngineOptions::default());
+        listen::serve_stdio(&engine);
     }
 }
