@@ -27,8 +27,8 @@ use crate::files;
 use crate::lyrics::{self, INSTRUMENTAL_TAGS, VOCAL_TAGS};
 use crate::params::{EditorSize, SongGenParams};
 use crate::playback::MainOutput;
-use crate::settings::{EngineMode, UserSettings};
 use crate::session::{prompt_notes, Draft, PromptSource, TakeStatus, Takes};
+use crate::settings::{EngineMode, UserSettings};
 use crate::worker::{Command, EngineState, Shared, UiStatus};
 
 pub const WIDTH: u32 = 1000;

@@ -81,8 +81,9 @@ pub fn remove_take_dir(take_id: &str) -> Result<()> {
     }
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Ok(m) if !m.is_dir() => std::fs::remove_file(&dir)
-            .with_context(|| format!("removing {}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            std::fs::remove_file(&dir).with_context(|| format!("removing {}", dir.display()))
+        }
         _ => std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display())),
     }
 }
@@ -198,7 +199,10 @@ mod tests {
         std::fs::write(root.join("t1").join("a.wav"), b"x").unwrap();
         assert!(is_inside(&root.join("t1").join("a.wav"), &root));
         // Missing files and folders resolve lexically below their existing ancestor.
-        assert!(is_inside(&root.join("t2").join("missing.wav"), &root.join("t2")));
+        assert!(is_inside(
+            &root.join("t2").join("missing.wav"),
+            &root.join("t2")
+        ));
         assert!(!is_inside(&root, &root), "strictly inside");
         assert!(!is_inside(&root.join("t1/../../x"), &root));
         assert!(!is_inside(Path::new("/etc/passwd"), &root));

@@ -206,7 +206,12 @@ pub const STEM_NAMES: [&str; 3] = ["mixed", "vocal", "bgm"];
 
 /// `id` for a message: escaped and cut short (it comes from an untrusted project).
 fn shown(id: &str) -> String {
-    let mut s: String = id.chars().take(64).collect::<String>().escape_debug().to_string();
+    let mut s: String = id
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     if id.chars().count() > 64 {
         s.push_str("...");
     }
@@ -464,7 +469,10 @@ mod tests {
             selected: Some("take-2".into()),
             ..kept
         };
-        assert_eq!(check_takes(&sel, &root).0.selected.as_deref(), Some("take-2"));
+        assert_eq!(
+            check_takes(&sel, &root).0.selected.as_deref(),
+            Some("take-2")
+        );
     }
 
     #[test]

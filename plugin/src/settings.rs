@@ -119,8 +119,7 @@ impl UserSettings {
             f.write_all(text.as_bytes())
                 .and_then(|()| f.sync_all())
                 .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("replacing {}", path.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
             Ok(())
         })();
         if written.is_err() {
@@ -149,10 +148,8 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "songgen-settings-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("songgen-settings-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -234,7 +231,10 @@ mod tests {
         // Unknown and missing keys are fine; a wrong type is not.
         std::fs::write(&path, r#"{"device": "cpu", "future": 1}"#).unwrap();
         let (s, warning) = UserSettings::load_from(&path);
-        assert_eq!((s.device.as_str(), s.mode, warning), ("cpu", EngineMode::Local, None));
+        assert_eq!(
+            (s.device.as_str(), s.mode, warning),
+            ("cpu", EngineMode::Local, None)
+        );
         std::fs::write(&path, r#"{"mode": {"kind": "remote"}}"#).unwrap();
         assert!(UserSettings::load_from(&path).1.is_some());
         // A folder where the file should be is reported, not a panic.

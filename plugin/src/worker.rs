@@ -521,12 +521,14 @@ impl Worker {
                 match settings.save() {
                     Ok(()) => self.message(
                         false,
-                        format!("engine settings saved to {}", UserSettings::path().display()),
+                        format!(
+                            "engine settings saved to {}",
+                            UserSettings::path().display()
+                        ),
                     ),
-                    Err(e) => self.message(
-                        true,
-                        format!("saving the engine settings failed: {e:#}"),
-                    ),
+                    Err(e) => {
+                        self.message(true, format!("saving the engine settings failed: {e:#}"))
+                    }
                 }
                 self.status().settings = Some(settings.clone());
                 self.settings = settings;

@@ -158,7 +158,12 @@ fn a_crafted_project_runs_nothing_and_touches_nothing_outside_the_cache() {
         );
         // take-1 is selected, but its stems (outside the cache) must never play.
         assert!(
-            block.vocals.iter().chain(&block.accompaniment).flatten().all(|v| *v == 0.0),
+            block
+                .vocals
+                .iter()
+                .chain(&block.accompaniment)
+                .flatten()
+                .all(|v| *v == 0.0),
             "a stem from outside the cache played at {pos}"
         );
         pos += 256;
@@ -185,7 +190,11 @@ fn a_crafted_project_runs_nothing_and_touches_nothing_outside_the_cache() {
         .collect();
     assert_eq!(ids, ["take-1", "take-2"], "{kept}");
     assert_eq!(kept["list"][0]["stems"], json!({}), "{kept}");
-    assert_eq!(kept["list"][1]["stems"], json!({"vocal": own_stem}), "{kept}");
+    assert_eq!(
+        kept["list"][1]["stems"],
+        json!({"vocal": own_stem}),
+        "{kept}"
+    );
     assert_eq!(kept["selected"], "take-1");
     assert_eq!(field(&saved, "capture"), Value::Null);
     assert!(
@@ -225,7 +234,11 @@ fn a_crafted_project_runs_nothing_and_touches_nothing_outside_the_cache() {
         status.clone(),
         RepaintNotifier::new(),
     );
-    for id in bad_ids.iter().map(String::as_str).chain(["take-1", "take-2"]) {
+    for id in bad_ids
+        .iter()
+        .map(String::as_str)
+        .chain(["take-1", "take-2"])
+    {
         worker.tx.send(Command::Delete(id.to_owned())).unwrap();
     }
     // Export too re-checks the id.
@@ -244,7 +257,10 @@ fn a_crafted_project_runs_nothing_and_touches_nothing_outside_the_cache() {
     );
     assert!(params.takes.read().list.is_empty(), "every take deleted");
     assert!(!takes_dir.join("take-1").exists() && !own_dir.exists());
-    assert!(!dir.join("export").exists(), "nothing exported for a bad id");
+    assert!(
+        !dir.join("export").exists(),
+        "nothing exported for a bad id"
+    );
 
     // Nothing ran, and everything outside the cache is as it was.
     std::thread::sleep(Duration::from_millis(200));
