@@ -28,6 +28,7 @@ use crate::lyrics::{self, INSTRUMENTAL_TAGS, VOCAL_TAGS};
 use crate::params::{EditorSize, SongGenParams};
 use crate::playback::MainOutput;
 use crate::session::{prompt_notes, Draft, PromptSource, TakeStatus, Takes};
+use crate::settings::{EngineMode, UserSettings};
 use crate::worker::{Command, EngineState, Shared, UiStatus};
 
 pub const WIDTH: u32 = 1000;
@@ -82,6 +83,8 @@ pub struct EditorApp {
     cursor: Option<usize>,
     licence_accepted: bool,
     export_dir: String,
+    /// The engine settings being edited (from the worker's; `Apply` sends them back).
+    settings: Option<UserSettings>,
 }
 
 impl EditorApp {
@@ -108,6 +111,7 @@ impl EditorApp {
             cursor: None,
             licence_accepted: license::is_accepted(),
             export_dir,
+            settings: None,
         }
     }
 
@@ -178,7 +182,7 @@ impl NiceEguiApp for EditorApp {
                 ui.separator();
                 self.takes_panel(ui, &takes);
                 ui.separator();
-                self.engine_panel(ui);
+                self.engine_panel(ui, &status);
             });
         });
         if changed {
@@ -676,11 +680,46 @@ impl EditorApp {
         });
     }
 
-    fn engine_panel(&mut self, ui: &mut egui::Ui) {
+    fn engine_panel(&mut self, ui: &mut egui::Ui, status: &UiStatus) {
         egui::CollapsingHeader::new("Engine settings").show(ui, |ui| {
-            let mut settings = self.params.engine.read().clone();
-            let before = settings.clone();
+            // Edited here, saved by the worker (no file I/O on the GUI thread).
+            if self.settings.is_none() {
+                self.settings = status.settings.clone();
+            }
+            let Some(settings) = self.settings.as_mut() else {
+                ui.label(RichText::new("reading the settings...").weak());
+                return;
+            };
+            ui.horizontal(|ui| {
+                let local = settings.mode == EngineMode::Local;
+                if ui.radio(local, "Local engine (shared)").clicked() && !local {
+                    settings.mode = EngineMode::Local;
+                }
+                if ui.radio(!local, "Remote").clicked() && local {
+                    settings.mode = EngineMode::Remote {
+                        addr: String::new(),
+                        token: String::new(),
+                    };
+                }
+            });
             egui::Grid::new("engine").num_columns(2).show(ui, |ui| {
+                if let EngineMode::Remote { addr, token } = &mut settings.mode {
+                    ui.label("Address");
+                    ui.add(
+                        egui::TextEdit::singleline(addr)
+                            .hint_text("host:port")
+                            .desired_width(320.0),
+                    );
+                    ui.end_row();
+                    ui.label("Token");
+                    ui.add(
+                        egui::TextEdit::singleline(token)
+                            .password(true)
+                            .hint_text("the engine's token")
+                            .desired_width(320.0),
+                    );
+                    ui.end_row();
+                }
                 ui.label("Engine");
                 ui.add(
                     egui::TextEdit::singleline(&mut settings.engine_path)
@@ -710,12 +749,33 @@ impl EditorApp {
                 ui.add(egui::TextEdit::singleline(&mut settings.extra_args).desired_width(320.0));
                 ui.end_row();
             });
-            if settings != before {
-                self.params.engine.update(|s| *s = settings);
+            let changed = status.settings.as_ref() != Some(&*settings);
+            let (mut apply, mut revert, mut restart) = (false, false, false);
+            ui.horizontal(|ui| {
+                apply = ui
+                    .add_enabled(changed, egui::Button::new("Apply"))
+                    .on_hover_text("save the settings and restart the engine")
+                    .clicked();
+                revert = ui
+                    .add_enabled(changed, egui::Button::new("Revert"))
+                    .clicked();
+                restart = ui.button("Restart engine").clicked();
+            });
+            if apply {
+                let _ = self.worker.send(Command::SettingsChanged(settings.clone()));
+            } else if revert {
+                self.settings = status.settings.clone();
+            } else if restart {
+                let _ = self.worker.send(Command::RestartEngine);
             }
-            if ui.button("Apply and restart the engine").clicked() {
-                self.send(Command::RestartEngine);
-            }
+            ui.label(
+                RichText::new(format!(
+                    "These are per-user settings, saved in {}, not in the project.",
+                    status.settings_path.display()
+                ))
+                .weak()
+                .small(),
+            );
         });
     }
 

@@ -24,13 +24,68 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
-/// Folder a take's stems are written to.
+/// Folder a take's stems are written to. `take_id` must pass `songgen_protocol::check_id`
+/// (see [`remove_take_dir`]).
 pub fn take_dir(take_id: &str) -> PathBuf {
-    cache_dir().join("takes").join(take_id)
+    takes_dir().join(take_id)
 }
 
 pub fn captures_dir() -> PathBuf {
     cache_dir().join("captures")
+}
+
+/// `path` as the file system sees it: absolute, with every symbolic link of its longest existing
+/// ancestor resolved and the rest appended as written. `None` when it holds a `..` component
+/// (a path from a project is never trusted to walk upwards) or cannot be made absolute.
+pub fn resolve(path: &Path) -> Option<PathBuf> {
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return None;
+    }
+    let abs = std::path::absolute(path).ok()?;
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    loop {
+        if let Ok(real) = base.canonicalize() {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return Some(out);
+        }
+        rest.push(base.file_name()?.to_owned());
+        base = base.parent()?;
+    }
+}
+
+/// Whether `path` lies strictly inside `root` (both [`resolve`]d).
+pub fn is_inside(path: &Path, root: &Path) -> bool {
+    match (resolve(path), resolve(root)) {
+        (Some(p), Some(r)) => p != r && p.starts_with(&r),
+        _ => false,
+    }
+}
+
+/// Folder of all takes (`<cache>/takes`).
+pub fn takes_dir() -> PathBuf {
+    cache_dir().join("takes")
+}
+
+/// Deletes a take's folder, only when `take_id` is a valid id and the folder lies strictly
+/// inside [`takes_dir`] (a symbolic link there is removed, not followed).
+pub fn remove_take_dir(take_id: &str) -> Result<()> {
+    songgen_protocol::check_id(take_id).map_err(anyhow::Error::msg)?;
+    let dir = take_dir(take_id);
+    if !is_inside(&dir, &takes_dir()) || dir.parent() != Some(takes_dir().as_path()) {
+        anyhow::bail!("{} is not a take folder of the cache", dir.display());
+    }
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(m) if !m.is_dir() => {
+            std::fs::remove_file(&dir).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display())),
+    }
 }
 
 /// Reads a WAV file as stereo (mono is duplicated) at `sample_rate`, resampling linearly when the
@@ -133,5 +188,36 @@ mod tests {
         assert!((double.left[101] - 0.2525).abs() < 1e-3);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(peaks(&[0.1, -0.5, 0.2, 0.3], &[0.0; 4], 2), [0.5, 0.3]);
+    }
+
+    #[test]
+    fn paths_resolve_through_links_and_never_walk_up() {
+        let dir = std::env::temp_dir().join(format!("songgen-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("cache").join("takes");
+        std::fs::create_dir_all(root.join("t1")).unwrap();
+        std::fs::write(root.join("t1").join("a.wav"), b"x").unwrap();
+        assert!(is_inside(&root.join("t1").join("a.wav"), &root));
+        // Missing files and folders resolve lexically below their existing ancestor.
+        assert!(is_inside(
+            &root.join("t2").join("missing.wav"),
+            &root.join("t2")
+        ));
+        assert!(!is_inside(&root, &root), "strictly inside");
+        assert!(!is_inside(&root.join("t1/../../x"), &root));
+        assert!(!is_inside(Path::new("/etc/passwd"), &root));
+        assert!(!is_inside(&dir.join("cache").join("takes2"), &root));
+        assert_eq!(resolve(Path::new("/a/../b")), None);
+        #[cfg(unix)]
+        {
+            // A link inside the cache that points out of it is outside.
+            let outside = dir.join("outside");
+            std::fs::create_dir_all(&outside).unwrap();
+            std::fs::write(outside.join("s.wav"), b"x").unwrap();
+            std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+            assert!(!is_inside(&root.join("link").join("s.wav"), &root));
+            assert!(!is_inside(&root.join("link").join("new.wav"), &root));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

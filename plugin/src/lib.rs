@@ -15,6 +15,7 @@ pub mod lyrics;
 pub mod params;
 pub mod playback;
 pub mod session;
+pub mod settings;
 pub mod timeline;
 pub mod vst3;
 pub mod worker;

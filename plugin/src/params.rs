@@ -1,5 +1,5 @@
-//! Host-visible parameters and the persisted session (draft, takes, captured prompt, engine
-//! settings).
+//! Host-visible parameters and the persisted session (draft, takes, captured prompt, editor
+//! size). The engine settings are per-user (`crate::settings`), not part of the project.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -24,36 +24,6 @@ pub struct CapturedPrompt {
     /// Its level, measured when it was saved (absent in projects saved before).
     #[serde(default)]
     pub level: Option<crate::capture::CaptureLevel>,
-}
-
-/// How to run the engine (`songgen serve --stdio`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EngineSettings {
-    /// Engine executable; empty = search (`$SONGGEN_ENGINE`, next to the plugin, `PATH`).
-    pub engine_path: String,
-    /// `--model DIR`; empty = the engine's default model folder.
-    pub model_dir: String,
-    /// `--device`: `auto`, `cpu` or `cuda`.
-    pub device: String,
-    /// Further arguments, split on whitespace.
-    pub extra_args: String,
-}
-
-impl EngineSettings {
-    /// Arguments after `serve --stdio`.
-    pub fn args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if !self.model_dir.trim().is_empty() {
-            args.extend(["--model".to_owned(), self.model_dir.trim().to_owned()]);
-        }
-        let device = self.device.trim();
-        if !device.is_empty() && device != "auto" {
-            args.extend(["--device".to_owned(), device.to_owned()]);
-        }
-        args.extend(self.extra_args.split_whitespace().map(str::to_owned));
-        args
-    }
 }
 
 /// The editor window's logical size, saved with the project. nice-plug-egui's state has no serde
@@ -149,8 +119,8 @@ pub struct SongGenParams {
     pub takes: Watched<Takes>,
     #[persist = "capture"]
     pub capture: Watched<Option<CapturedPrompt>>,
-    #[persist = "engine"]
-    pub engine: Watched<EngineSettings>,
+    // No engine settings here: they are per-user (`crate::settings`), never read from a
+    // project. An `engine` entry in an old project is ignored.
     #[persist = "editor-size"]
     pub editor_size: EditorSize,
 }
@@ -165,32 +135,7 @@ impl Default for SongGenParams {
             draft: Watched::new(Draft::default()),
             takes: Watched::new(Takes::default()),
             capture: Watched::new(None),
-            engine: Watched::new(EngineSettings::default()),
             editor_size: EditorSize::new(crate::editor::WIDTH, crate::editor::HEIGHT),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_settings_become_serve_arguments() {
-        let s = EngineSettings {
-            engine_path: String::new(),
-            model_dir: " /m/v2 ".into(),
-            device: "cuda".into(),
-            extra_args: "--dtype f32".into(),
-        };
-        assert_eq!(
-            s.args(),
-            ["--model", "/m/v2", "--device", "cuda", "--dtype", "f32"]
-        );
-        let auto = EngineSettings {
-            device: "auto".into(),
-            ..EngineSettings::default()
-        };
-        assert!(auto.args().is_empty());
     }
 }

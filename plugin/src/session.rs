@@ -3,7 +3,7 @@
 //! referenced by path, so a project save never re-serialises audio.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -201,6 +201,94 @@ impl Takes {
     }
 }
 
+/// Names of the stems a take can have.
+pub const STEM_NAMES: [&str; 3] = ["mixed", "vocal", "bgm"];
+
+/// `id` for a message: escaped and cut short (it comes from an untrusted project).
+fn shown(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if id.chars().count() > 64 {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Checks one take restored from a project: its id follows the engine's id rule and each stem
+/// is a known stem name whose file lies inside `takes_root/<id>/`. Returns the take without the
+/// bad stems, or `None` when the take itself must go, and why each thing was dropped.
+pub fn check_take(take: &Take, takes_root: &Path) -> (Option<Take>, Vec<String>) {
+    if let Err(e) = songgen_protocol::check_id(&take.id) {
+        return (None, vec![format!("take \"{}\": {e}", shown(&take.id))]);
+    }
+    let dir = takes_root.join(&take.id);
+    let mut why = Vec::new();
+    let mut kept = take.clone();
+    kept.stems.retain(|name, path| {
+        if !STEM_NAMES.contains(&name.as_str()) {
+            why.push(format!(
+                "take {}: unknown stem \"{}\"",
+                take.id,
+                shown(name)
+            ));
+            false
+        } else if !crate::files::is_inside(path, &dir) {
+            why.push(format!(
+                "take {}: its {name} stem {} is not in the take's cache folder {}",
+                take.id,
+                path.display(),
+                dir.display()
+            ));
+            false
+        } else {
+            true
+        }
+    });
+    (Some(kept), why)
+}
+
+/// Checks a take list restored from a project (see [`check_take`]); also drops repeated ids and
+/// a `selected` that names no kept take. Returns the list to keep and what was dropped.
+pub fn check_takes(takes: &Takes, takes_root: &Path) -> (Takes, Vec<String>) {
+    let mut why = Vec::new();
+    let mut list: Vec<Take> = Vec::with_capacity(takes.list.len());
+    for t in &takes.list {
+        if list.iter().any(|k| k.id == t.id) {
+            why.push(format!("take {}: a second take with this id", shown(&t.id)));
+            continue;
+        }
+        let (kept, mut w) = check_take(t, takes_root);
+        why.append(&mut w);
+        list.extend(kept);
+    }
+    let selected = match &takes.selected {
+        Some(id) if !list.iter().any(|t| &t.id == id) => {
+            why.push(format!("the selection \"{}\": no such take", shown(id)));
+            None
+        }
+        s => s.clone(),
+    };
+    (Takes { list, selected }, why)
+}
+
+/// Checks a captured prompt's path restored from a project: it must lie inside
+/// `captures_root` (the plugin only ever captures there).
+pub fn check_capture(path: &Path, captures_root: &Path) -> Result<(), String> {
+    if crate::files::is_inside(path, captures_root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the captured prompt {} is not in the capture folder {}",
+            path.display(),
+            captures_root.display()
+        ))
+    }
+}
+
 /// A persisted value that counts its changes, so the worker thread notices when the host loads a
 /// project (nice-plug writes persisted fields without calling back into the plugin).
 #[derive(Debug, Default)]
@@ -312,5 +400,93 @@ mod tests {
         );
         assert!(w.version() > v0);
         assert_eq!(w.read().selected.as_deref(), Some("t"));
+    }
+
+    fn take(id: &str, stems: &[(&str, &Path)]) -> Take {
+        Take {
+            id: id.into(),
+            created: 1,
+            lyrics: String::new(),
+            descriptions: None,
+            prompt: "none".into(),
+            gen_type: GenType::Separate,
+            seed: None,
+            sampling: SamplingOptions::default(),
+            status: TakeStatus::Done,
+            stems: stems
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                .collect(),
+            sample_rate: 48_000,
+            frames: 48_000,
+            anchor_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn restored_takes_keep_only_valid_ids_and_stems_inside_their_folder() {
+        let dir = std::env::temp_dir().join(format!("songgen-check-{}", std::process::id()));
+        let root = dir.join("cache").join("takes");
+        let good = root.join("take-1").join("take-1-vocal.wav");
+        let other = root.join("take-2").join("take-2-bgm.wav");
+        let takes = Takes {
+            list: vec![
+                take("../../victim", &[]),
+                take("/abs/path", &[]),
+                take(
+                    "take-1",
+                    &[
+                        ("vocal", &good),
+                        ("bgm", Path::new("/etc/passwd")),
+                        ("mixed", &other),
+                        ("evil", &good),
+                        ("vocal2", &root.join("take-1").join("../../../x")),
+                    ],
+                ),
+                take("take-1", &[]),
+                take("take-2", &[("bgm", &other)]),
+            ],
+            selected: Some("../../victim".into()),
+        };
+        let (kept, why) = check_takes(&takes, &root);
+        let ids: Vec<_> = kept.list.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["take-1", "take-2"]);
+        assert_eq!(
+            kept.list[0].stems,
+            BTreeMap::from([("vocal".to_owned(), good.clone())])
+        );
+        assert_eq!(kept.list[1].stems.len(), 1, "take-2's own stem stays");
+        assert_eq!(kept.selected, None);
+        // Two bad ids, four bad stems, one repeated id, the selection.
+        assert_eq!(why.len(), 8, "{why:#?}");
+        assert!(why[0].contains("../../victim"), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("/etc/passwd")), "{why:?}");
+
+        // A valid list comes back unchanged, with nothing to report.
+        let (same, why) = check_takes(&kept, &root);
+        assert_eq!((same, why), (kept.clone(), Vec::<String>::new()));
+        let sel = Takes {
+            selected: Some("take-2".into()),
+            ..kept
+        };
+        assert_eq!(
+            check_takes(&sel, &root).0.selected.as_deref(),
+            Some("take-2")
+        );
+    }
+
+    #[test]
+    fn captured_prompts_must_be_in_the_capture_folder() {
+        let root = std::env::temp_dir().join(format!("songgen-cap-{}", std::process::id()));
+        let captures = root.join("captures");
+        assert!(check_capture(&captures.join("capture-1.wav"), &captures).is_ok());
+        for bad in [
+            PathBuf::from("/home/someone/secret.wav"),
+            captures.join("../x.wav"),
+            captures.clone(),
+            root.join("captures-other").join("c.wav"),
+        ] {
+            assert!(check_capture(&bad, &captures).is_err(), "{bad:?}");
+        }
     }
 }

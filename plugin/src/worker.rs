@@ -26,7 +26,8 @@ use crate::files;
 use crate::lyrics;
 use crate::params::{CapturedPrompt, SongGenParams};
 use crate::playback::{LiveStereo, PlayState, PlayerLink, PlayerMsg, Stems, Track};
-use crate::session::{PromptSource, Take, TakeStatus};
+use crate::session::{self as session_check, PromptSource, Take, TakeStatus};
+use crate::settings::UserSettings;
 
 /// Crashes within this window count towards giving up on automatic restarts.
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -65,6 +66,8 @@ pub enum Command {
         take: String,
         dir: PathBuf,
     },
+    /// The editor applied new per-user engine settings: save them and restart the engine.
+    SettingsChanged(UserSettings),
     Shutdown,
 }
 
@@ -248,6 +251,10 @@ pub struct UiStatus {
     pub message: Option<(bool, String)>,
     /// Peaks of the captured prompt.
     pub waveform: Vec<f32>,
+    /// The per-user engine settings in use (`None` until the worker has read them).
+    pub settings: Option<UserSettings>,
+    /// Their file.
+    pub settings_path: PathBuf,
 }
 
 /// Owns the worker thread; dropping it stops the thread and the engine.
@@ -316,6 +323,11 @@ struct Worker {
     loaded: Option<(String, f32)>,
     takes_version: u64,
     capture_version: u64,
+    /// Versions of the take list and the capture last checked (see `check_project`).
+    checked_takes: u64,
+    checked_capture: u64,
+    /// Per-user engine settings (never from the project).
+    settings: UserSettings,
     last_repaint: Instant,
     /// Last seen value of the "Generate" parameter (its rising edge starts a take).
     generate_param: bool,
@@ -330,6 +342,16 @@ impl Worker {
     ) -> Self {
         let (engine_tx, engine_rx) = crossbeam_channel::unbounded();
         let generate_param = params.generate.value();
+        let (settings, warning) = UserSettings::load();
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.settings = Some(settings.clone());
+            s.settings_path = UserSettings::path();
+        }
+        if let Some(w) = warning {
+            nice_warn!("songgen: {w}");
+            status.lock().unwrap_or_else(|e| e.into_inner()).message = Some((true, w));
+        }
         Self {
             params,
             shared,
@@ -354,6 +376,9 @@ impl Worker {
             loaded: None,
             takes_version: u64::MAX,
             capture_version: u64::MAX,
+            checked_takes: u64::MAX,
+            checked_capture: u64::MAX,
+            settings,
             last_repaint: Instant::now(),
             generate_param,
         }
@@ -403,6 +428,8 @@ impl Worker {
     }
 
     fn command(&mut self, cmd: Command) {
+        // A project loaded since the last look is checked before anything touches its files.
+        self.check_project();
         match cmd {
             Command::Activated {
                 sample_rate,
@@ -463,6 +490,10 @@ impl Worker {
             }
             Command::Select(id) => self.params.takes.update(|t| t.selected = Some(id)),
             Command::Delete(id) => {
+                if let Err(e) = songgen_protocol::check_id(&id) {
+                    self.message(true, format!("not deleting a take: {e}"));
+                    return;
+                }
                 if self.running.as_deref() == Some(id.as_str()) {
                     self.message(true, "cancel the take before deleting it");
                     return;
@@ -473,7 +504,9 @@ impl Worker {
                         t.selected = t.list.last().map(|x| x.id.clone());
                     }
                 });
-                let _ = std::fs::remove_dir_all(files::take_dir(&id));
+                if let Err(e) = files::remove_take_dir(&id) {
+                    self.message(true, format!("deleting {id}: {e:#}"));
+                }
             }
             Command::SetAnchor { take, seconds } => self.params.takes.update(|t| {
                 if let Some(t) = t.get_mut(&take) {
@@ -484,7 +517,67 @@ impl Worker {
                 Ok(n) => self.message(false, format!("exported {n} stems to {}", dir.display())),
                 Err(e) => self.message(true, format!("export failed: {e:#}")),
             },
+            Command::SettingsChanged(settings) => {
+                match settings.save() {
+                    Ok(()) => self.message(
+                        false,
+                        format!(
+                            "engine settings saved to {}",
+                            UserSettings::path().display()
+                        ),
+                    ),
+                    Err(e) => {
+                        self.message(true, format!("saving the engine settings failed: {e:#}"))
+                    }
+                }
+                self.status().settings = Some(settings.clone());
+                self.settings = settings;
+                self.command(Command::RestartEngine);
+            }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Checks the take list and the captured prompt when they changed (the host loaded a
+    /// project, or this worker changed them): bad take ids, stems outside their take's cache
+    /// folder and a capture outside the capture folder are dropped from the persisted values,
+    /// with one message saying what and why. Runs before any file operation on them.
+    fn check_project(&mut self) {
+        let mut why = Vec::new();
+        if self.params.takes.version() != self.checked_takes {
+            let current = self.params.takes.read().clone();
+            let (kept, mut w) = session_check::check_takes(&current, &files::takes_dir());
+            if !w.is_empty() {
+                // Only the entries checked here go (the list may have changed meanwhile).
+                self.params.takes.update(|t| {
+                    if *t == current {
+                        *t = kept;
+                    } else {
+                        *t = session_check::check_takes(t, &files::takes_dir()).0;
+                    }
+                });
+                why.append(&mut w);
+            }
+            self.checked_takes = self.params.takes.version();
+        }
+        if self.params.capture.version() != self.checked_capture {
+            let path = self.params.capture.read().as_ref().map(|c| c.path.clone());
+            if let Some(Err(e)) =
+                path.map(|p| session_check::check_capture(&p, &files::captures_dir()))
+            {
+                self.params.capture.update(|c| *c = None);
+                why.push(e);
+            }
+            self.checked_capture = self.params.capture.version();
+        }
+        if !why.is_empty() {
+            self.message(
+                true,
+                format!(
+                    "the project held entries that were dropped: {}",
+                    why.join("; ")
+                ),
+            );
         }
     }
 
@@ -499,7 +592,7 @@ impl Worker {
                 reason: "accept the model licence (shown in the editor) to start the engine".into(),
             });
         }
-        let mut settings = self.params.engine.read().clone();
+        let mut settings = self.settings.clone();
         let exe = if let Some(cpu) = &self.cpu_engine {
             settings.device = "cpu".into();
             cpu.clone()
@@ -510,7 +603,7 @@ impl Worker {
                 Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
             }
         };
-        let args = settings.args();
+        let args = settings.engine_args();
         self.generation += 1;
         match EngineProcess::spawn(&exe, &args, self.generation, self.engine_tx.clone()) {
             Ok(p) => {
@@ -903,7 +996,8 @@ impl Worker {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let id = format!("take-{}", created.as_millis());
+        // Several instances share the cache (and an engine): the millisecond alone may repeat.
+        let id = format!("take-{}-{:04x}", created.as_millis(), random_u16());
         let out_dir = files::take_dir(&id);
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
@@ -965,6 +1059,7 @@ impl Worker {
     }
 
     fn export(&self, take_id: &str, dir: &std::path::Path) -> Result<usize> {
+        songgen_protocol::check_id(take_id).map_err(anyhow::Error::msg)?;
         let take = self
             .params
             .takes
@@ -972,6 +1067,10 @@ impl Worker {
             .get(take_id)
             .cloned()
             .with_context(|| format!("no take {take_id}"))?;
+        // The list was checked when it changed; check again right before reading its files.
+        let take = session_check::check_take(&take, &files::takes_dir())
+            .0
+            .with_context(|| format!("no valid take {take_id}"))?;
         if take.stems.is_empty() {
             bail!("{take_id} has no stems");
         }
@@ -987,6 +1086,7 @@ impl Worker {
     // ----- periodic work -----
 
     fn tick(&mut self) {
+        self.check_project();
         // The "Generate" parameter's rising edge (host automation, a controller).
         let generate = self.params.generate.value();
         if generate && !self.generate_param {
@@ -1077,7 +1177,11 @@ impl Worker {
         }
         let msg = match (&take, live) {
             (Some(_), Some(live)) => PlayerMsg::Load(Box::new(Self::live_stems(live))),
-            (Some(t), None) => match load_stems(t, self.sample_rate) {
+            (Some(t), None) => match session_check::check_take(t, &files::takes_dir())
+                .0
+                .context("invalid take")
+                .and_then(|t| load_stems(&t, self.sample_rate))
+            {
                 Ok(stems) => PlayerMsg::Load(Box::new(stems)),
                 Err(e) => {
                     self.message(true, format!("cannot play {}: {e:#}", t.id));
@@ -1156,6 +1260,22 @@ impl Worker {
         self.status().waveform = waveform;
         self.repaint.request_repaint();
     }
+}
+
+/// 16 random bits (std's per-process random hash keys, the clock and a counter).
+fn random_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish() as u16
 }
 
 /// Decodes a take's stems at the host rate.

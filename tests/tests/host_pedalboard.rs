@@ -60,7 +60,10 @@ fn pedalboard_plays_a_loaded_take_on_the_main_output() {
 
     let dir = temp_dir("pedalboard");
     let bundle = vst3_bundle(&dir);
-    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
+    // A restored take's stems must lie in its own cache folder (`SONGGEN_CACHE_DIR` below).
+    let take_dir = dir.join("cache").join("takes").join("take-7");
+    std::fs::create_dir_all(&take_dir).unwrap();
+    let (vocal_path, bgm_path) = (take_dir.join("v.wav"), take_dir.join("b.wav"));
     write_stem(&vocal_path, STEM_FRAMES, vocal);
     write_stem(&bgm_path, STEM_FRAMES, bgm);
     let out_path = dir.join("main.f32");

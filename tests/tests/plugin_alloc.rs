@@ -46,14 +46,17 @@ fn process_runs_every_path_without_allocating() {
     let _guard = serial();
     let dir = temp_dir("alloc");
     plugin_host::isolate(&dir);
-    let stems: Vec<_> = (0..2)
-        .map(|i| {
-            let p = dir.join(format!("s{i}.wav"));
-            write_stem(&p, 44_100);
-            p
-        })
-        .collect();
+    // A restored take's stems must lie in its own cache folder.
+    for id in ["a", "b"] {
+        let take_dir = dir.join("cache").join("takes").join(id);
+        std::fs::create_dir_all(&take_dir).unwrap();
+        for i in 0..2 {
+            write_stem(&take_dir.join(format!("s{i}.wav")), 44_100);
+        }
+    }
     let take = |id: &str, anchor: f64| {
+        let take_dir = dir.join("cache").join("takes").join(id);
+        let stems = [take_dir.join("s0.wav"), take_dir.join("s1.wav")];
         json!({
             "id": id, "created": 1, "lyrics": "", "descriptions": null, "prompt": "none",
             "gen_type": "separate", "seed": 1,

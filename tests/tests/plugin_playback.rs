@@ -59,6 +59,14 @@ fn check_block(block: &Block, positions: &[i64]) {
     }
 }
 
+/// Stem paths of `finished_take_field`'s take in the isolated cache (a restored take's stems
+/// must lie in its own cache folder).
+fn take7_stems(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let take_dir = dir.join("cache").join("takes").join("take-7");
+    std::fs::create_dir_all(&take_dir).unwrap();
+    (take_dir.join("v.wav"), take_dir.join("b.wav"))
+}
+
 /// Restores a project whose selected take has the given stems.
 fn load_take(plugin: &mut TestPlugin, vocal_path: &Path, bgm_path: &Path) {
     let mut state = plugin.save_state();
@@ -76,7 +84,7 @@ fn plays_a_restored_take_at_its_anchor_and_follows_the_loop() {
     let _guard = serial();
     let dir = temp_dir("playback");
     plugin_host::isolate(&dir);
-    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
+    let (vocal_path, bgm_path) = take7_stems(&dir);
     write_stem(&vocal_path, STEM_FRAMES, vocal);
     write_stem(&bgm_path, STEM_FRAMES, bgm);
 
@@ -180,7 +188,7 @@ fn an_offline_bounce_has_the_take_from_its_first_block() {
     let _guard = serial();
     let dir = temp_dir("offline");
     plugin_host::isolate(&dir);
-    let (vocal_path, bgm_path) = (dir.join("v.wav"), dir.join("b.wav"));
+    let (vocal_path, bgm_path) = take7_stems(&dir);
     write_stem(&vocal_path, STEM_FRAMES, vocal);
     write_stem(&bgm_path, STEM_FRAMES, bgm);
 

@@ -11,6 +11,7 @@ use songgen_plugin::capture::Recorder;
 use songgen_plugin::params::SongGenParams;
 use songgen_plugin::playback::Player;
 use songgen_plugin::session::TakeStatus;
+use songgen_plugin::settings::UserSettings;
 use songgen_plugin::worker::{Command, EngineState, Shared, UiStatus, WorkerHandle};
 
 /// The tests point the plugin at their own `SONGGEN_*` folders through the process
@@ -73,6 +74,7 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
     let _ = std::fs::remove_dir_all(&dir);
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen);
     songgen_engine::license::record_acceptance().unwrap();
 
@@ -109,14 +111,19 @@ fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
         .model_dir;
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen);
     songgen_engine::license::record_acceptance().unwrap();
 
     let params = Arc::new(SongGenParams::default());
-    params.engine.update(|e| {
-        e.model_dir = model.display().to_string();
-        e.device = "cpu".into();
-    });
+    // The engine settings are per-user: the worker reads them from the settings file.
+    UserSettings {
+        model_dir: model.display().to_string(),
+        device: "cpu".into(),
+        ..UserSettings::default()
+    }
+    .save()
+    .unwrap();
     params.draft.update(|d| {
         d.lyrics = "[verse]\nhello there\n\n[chorus]\nla la la\n".into();
         d.seed = Some(3);
@@ -159,6 +166,7 @@ fn install(dir: &Path, message: &str, code: i32, with_cpu_engine: bool) -> PathB
 fn set_env(dir: &Path, engine: &Path) {
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
+    std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", engine);
     songgen_engine::license::record_acceptance().unwrap();
 }
@@ -194,11 +202,15 @@ fn an_engine_the_loader_cannot_start_is_replaced_by_the_cpu_engine_and_the_take_
     set_env(&dir, &fake);
 
     let params = Arc::new(SongGenParams::default());
-    params.engine.update(|e| {
-        e.model_dir = model.display().to_string();
+    // The engine settings are per-user: the worker reads them from the settings file.
+    UserSettings {
+        model_dir: model.display().to_string(),
         // The CUDA engine was asked for; the CPU engine must be started with --device cpu.
-        e.device = "cuda".into();
-    });
+        device: "cuda".into(),
+        ..UserSettings::default()
+    }
+    .save()
+    .unwrap();
     params.draft.update(|d| {
         d.lyrics = "[verse]\nhello there\n\n[chorus]\nla la la\n".into();
         d.seed = Some(3);
@@ -236,10 +248,14 @@ fn an_engine_without_a_usable_gpu_is_replaced_by_the_cpu_engine() {
     );
     set_env(&dir, &fake);
     let params = Arc::new(SongGenParams::default());
-    params.engine.update(|e| {
-        e.model_dir = model.display().to_string();
-        e.device = "cuda".into();
-    });
+    // The engine settings are per-user: the worker reads them from the settings file.
+    UserSettings {
+        model_dir: model.display().to_string(),
+        device: "cuda".into(),
+        ..UserSettings::default()
+    }
+    .save()
+    .unwrap();
     let (worker, status) = activated_worker(params);
     let device = wait_for(
         &status,

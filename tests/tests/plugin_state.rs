@@ -32,6 +32,7 @@ fn takes_and_draft_round_trip_through_the_host_state() {
         .unwrap()
         .contains("[verse]"));
 
+    let take_dir = dir.join("cache").join("takes").join("take-1");
     let takes = json!({
         "list": [
             {
@@ -40,8 +41,10 @@ fn takes_and_draft_round_trip_through_the_host_state() {
                 "seed": 7, "sampling": {"cfg_coef": 1.5, "temperature": 0.8, "top_k": 5000,
                 "record_window": 50, "penalty": 1.1, "use_sampling": true},
                 "status": {"state": "done"},
-                "stems": {"vocal": "/cache/takes/take-1/take-1-vocal.wav",
-                          "bgm": "/cache/takes/take-1/take-1-bgm.wav"},
+                // Inside the take's cache folder, as the plugin writes them (paths elsewhere are
+                // dropped on load: tests/tests/plugin_untrusted_project.rs).
+                "stems": {"vocal": take_dir.join("take-1-vocal.wav"),
+                          "bgm": take_dir.join("take-1-bgm.wav")},
                 "sample_rate": 48000, "frames": 96000, "anchor_seconds": 4.5
             },
             {

@@ -36,18 +36,22 @@ fn a_captured_loop_becomes_the_prompt_of_a_take_that_plays() {
         .model_dir;
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
+    std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen_tests::songgen_bin());
     songgen_engine::license::record_acceptance().unwrap();
+    // The engine settings are per-user (the settings file), not in the project.
+    songgen_plugin::settings::UserSettings {
+        model_dir: model.display().to_string(),
+        device: "cpu".into(),
+        ..Default::default()
+    }
+    .save()
+    .unwrap();
 
     let mut plugin = TestPlugin::new();
     let arm = plugin.param_id("Arm capture");
     let generate = plugin.param_id("Generate");
     let mut state = plugin.save_state();
-    set_field(
-        &mut state,
-        "engine",
-        serde_json::json!({"model_dir": model, "device": "cpu"}),
-    );
     let mut draft = field(&state, "draft");
     draft["lyrics"] = "[verse]\nhello there\n\n[chorus]\nla la la\n".into();
     draft["seed"] = 9.into();

@@ -334,11 +334,12 @@ impl Drop for TestPlugin {
     }
 }
 
-/// Points the plugin's per-user folders (cache, songgen home) into `dir` and its engine at a
+/// Points the plugin's per-user folders (cache, config, songgen home) into `dir` and its engine at a
 /// path that does not exist, so a test touches nothing outside `dir`.
 pub fn isolate(dir: &std::path::Path) {
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
+    std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", dir.join("no-engine-here"));
 }
 
