@@ -21,13 +21,13 @@ use crate::capture::{
     capture_warnings, CaptureBuffer, CaptureControl, CaptureLevel, CapturePhase, RecorderLink,
     ENGINE_MIN_SECONDS, SILENCE_DBFS,
 };
-use crate::engine::{self, EngineMsg, EngineProcess};
+use crate::engine::{self, EngineLink, EngineMsg, Target};
 use crate::files;
 use crate::lyrics;
 use crate::params::{CapturedPrompt, SongGenParams};
 use crate::playback::{LiveStereo, PlayState, PlayerLink, PlayerMsg, Stems, Track};
 use crate::session::{self as session_check, PromptSource, Take, TakeStatus};
-use crate::settings::UserSettings;
+use crate::settings::{EngineMode, UserSettings};
 
 /// Crashes within this window count towards giving up on automatic restarts.
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -257,6 +257,43 @@ pub struct UiStatus {
     pub settings_path: PathBuf,
 }
 
+/// A style clip for a remote engine: the file's bytes in the request.
+fn upload(path: &std::path::Path) -> Result<StylePrompt> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > songgen_protocol::MAX_UPLOAD_BYTES {
+        bail!(
+            "the style clip {} is {} MiB; a remote engine takes at most {} MiB ({} s of 16-bit audio): use a shorter clip",
+            path.display(),
+            bytes.len() >> 20,
+            songgen_protocol::MAX_UPLOAD_BYTES >> 20,
+            songgen_protocol::MAX_UPLOAD_SECONDS
+        );
+    }
+    Ok(StylePrompt::Upload {
+        wav: songgen_protocol::encode_base64(&bytes),
+    })
+}
+
+/// Writes a remote take's stems (48 kHz, from its chunks) into its cache folder.
+fn write_remote_stems(
+    id: &str,
+    audio: Vec<(Stem, Vec<f32>, Vec<f32>)>,
+) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    let dir = files::take_dir(id);
+    let mut stems = std::collections::BTreeMap::new();
+    for (stem, left, right) in audio {
+        let path = dir.join(format!("{id}{}.wav", stem.suffix()));
+        let audio = songgen_protocol::audio::Audio {
+            channels: vec![left, right],
+            sample_rate: 48_000,
+        };
+        songgen_protocol::audio::write_wav(&path, &audio, true)
+            .with_context(|| format!("writing {}", path.display()))?;
+        stems.insert(stem.name().to_owned(), path);
+    }
+    Ok(stems)
+}
+
 /// Owns the worker thread; dropping it stops the thread and the engine.
 pub struct WorkerHandle {
     pub tx: Sender<Command>,
@@ -297,7 +334,7 @@ struct Worker {
     status: Arc<Mutex<UiStatus>>,
     repaint: RepaintNotifier,
 
-    engine: Option<EngineProcess>,
+    engine: Option<EngineLink>,
     engine_tx: Sender<EngineMsg>,
     engine_rx: Receiver<EngineMsg>,
     generation: u64,
@@ -313,6 +350,9 @@ struct Worker {
     cpu_engine: Option<PathBuf>,
     /// Its stems as they arrive.
     live: Option<LiveTake>,
+    /// A remote engine's take at 48 kHz as its chunks arrive (it names no files here): written
+    /// into the cache at `done`.
+    remote_audio: Option<(String, Vec<(Stem, Vec<f32>, Vec<f32>)>)>,
     /// An offline bounce waiting for the running take to finish.
     bounce_ack: Option<Sender<()>>,
 
@@ -369,6 +409,7 @@ impl Worker {
             running_job: None,
             cpu_engine: None,
             live: None,
+            remote_audio: None,
             bounce_ack: None,
             sample_rate: 0.0,
             recorder: None,
@@ -422,7 +463,7 @@ impl Worker {
     fn set_engine_state(&self, state: EngineState) {
         let mut s = self.status();
         s.engine = state;
-        s.engine_pid = self.engine.as_ref().map(EngineProcess::pid);
+        s.engine_pid = self.engine.as_ref().and_then(EngineLink::pid);
         drop(s);
         self.repaint.request_repaint();
     }
@@ -480,7 +521,20 @@ impl Worker {
                 }
             }
             Command::RestartEngine => {
-                self.engine = None;
+                // The shared local engine restarts for every instance (so new settings, e.g.
+                // another model, take effect): ask it to stop, then start or join the new one.
+                if let Some(mut link) = self.engine.take() {
+                    if !link.remote {
+                        let _ = link.send(&Request::Shutdown);
+                        let gone = songgen_protocol::paths::engine_socket();
+                        for _ in 0..100 {
+                            if !gone.exists() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
                 self.crashes.clear();
                 // Try the configured engine again.
                 self.cpu_engine = None;
@@ -593,32 +647,53 @@ impl Worker {
             });
         }
         let mut settings = self.settings.clone();
-        let exe = if let Some(cpu) = &self.cpu_engine {
-            settings.device = "cpu".into();
-            cpu.clone()
-        } else {
-            let configured = PathBuf::from(settings.engine_path.trim());
-            match engine::locate(Some(&configured)) {
-                Ok(exe) => exe,
-                Err(reason) => return self.set_engine_state(EngineState::Failed { reason }),
+        let target = match &settings.mode {
+            EngineMode::Remote { addr, token } => Target::Remote {
+                addr: addr.trim().to_owned(),
+                token: token.trim().to_owned(),
+            },
+            EngineMode::Local => {
+                let exe = if let Some(cpu) = &self.cpu_engine {
+                    settings.device = "cpu".into();
+                    cpu.clone()
+                } else {
+                    let configured = PathBuf::from(settings.engine_path.trim());
+                    match engine::locate(Some(&configured)) {
+                        Ok(exe) => exe,
+                        Err(reason) => {
+                            return self.set_engine_state(EngineState::Failed { reason })
+                        }
+                    }
+                };
+                Target::Local {
+                    exe,
+                    args: settings.engine_args(),
+                    socket: songgen_protocol::paths::engine_socket(),
+                }
             }
         };
-        let args = settings.engine_args();
         self.generation += 1;
-        match EngineProcess::spawn(&exe, &args, self.generation, self.engine_tx.clone()) {
-            Ok(p) => {
-                nice_log!(
-                    "songgen: started engine {} (pid {})",
-                    exe.display(),
-                    p.pid()
-                );
-                self.engine = Some(p);
+        match EngineLink::start(&target, self.generation, self.engine_tx.clone()) {
+            Ok(link) => {
+                match link.pid() {
+                    Some(pid) => nice_log!("songgen: started engine {} (pid {pid})", link.describe),
+                    None => nice_log!("songgen: connected to {}", link.describe),
+                }
+                self.engine = Some(link);
                 self.status().engine_starts += 1;
                 self.set_engine_state(EngineState::Starting);
             }
             Err(e) => {
-                let reason = format!("{e:#}");
-                if !self.fall_back_to_cpu(&exe, &reason) {
+                let reason = e.to_string();
+                let fell_back = match &target {
+                    Target::Local { exe, .. } | Target::Private { exe, .. }
+                        if e.status.is_none() || engine::is_device_failure(e.status) =>
+                    {
+                        self.fall_back_to_cpu(&exe.clone(), &reason)
+                    }
+                    _ => false,
+                };
+                if !fell_back {
                     self.set_engine_state(EngineState::Failed { reason });
                 }
             }
@@ -688,7 +763,15 @@ impl Worker {
             return;
         };
         let status = p.wait_exit();
-        let how = engine::describe_exit(status);
+        let how = match status {
+            None if p.remote => {
+                "connection closed (the remote engine stopped or dropped this client)".to_owned()
+            }
+            None if p.pid().is_none() => {
+                "connection closed (the shared engine exited or was killed)".to_owned()
+            }
+            _ => engine::describe_exit(status),
+        };
         let detail = self
             .last_engine_error
             .take()
@@ -700,7 +783,7 @@ impl Worker {
         let reason = format!("engine {how}{detail}");
         if !self.engine_ready
             && engine::is_device_failure(status)
-            && self.fall_back_to_cpu(&exe, &reason)
+            && exe.is_some_and(|exe| self.fall_back_to_cpu(&exe, &reason))
         {
             return;
         }
@@ -709,7 +792,18 @@ impl Worker {
         self.crashes
             .retain(|t| now.duration_since(*t) < CRASH_WINDOW);
         self.crashes.push_back(now);
-        if self.engine_ready && self.crashes.len() < MAX_CRASHES {
+        // Before `ready`, an engine that exited with an error code of its own (bad model folder,
+        // ...) would only fail again; one that was killed, or a shared engine whose end this
+        // instance did not see (another instance started it), is worth another try.
+        #[cfg(unix)]
+        let killed = {
+            use std::os::unix::process::ExitStatusExt;
+            status.is_some_and(|s| s.signal().is_some())
+        };
+        #[cfg(not(unix))]
+        let killed = false;
+        let retry = self.engine_ready || killed || status.is_none();
+        if retry && self.crashes.len() < MAX_CRASHES {
             nice_warn!("songgen: {reason}; restarting");
             self.restart_at = Some(now + RESTART_DELAY);
             self.set_engine_state(EngineState::Restarting { reason });
@@ -784,11 +878,23 @@ impl Worker {
             }
             Event::Done {
                 id,
-                stems,
+                mut stems,
                 sample_rate,
                 frames,
                 seed,
             } => {
+                if let Some((_, audio)) = self.remote_audio.take().filter(|(r, _)| *r == id) {
+                    match write_remote_stems(&id, audio) {
+                        Ok(written) => stems = written,
+                        Err(e) => {
+                            self.message(
+                                true,
+                                format!("{id}: storing the remote stems failed: {e:#}"),
+                            );
+                            stems.clear();
+                        }
+                    }
+                }
                 self.params.takes.update(|t| {
                     if let Some(take) = t.get_mut(&id) {
                         take.status = TakeStatus::Done;
@@ -836,6 +942,7 @@ impl Worker {
 
     fn finish_job(&mut self, id: &str) {
         if self.running.as_deref() == Some(id) {
+            self.remote_audio = None;
             self.running = None;
             self.running_job = None;
             self.live = None;
@@ -912,6 +1019,12 @@ impl Worker {
             bail!("a chunk of {frames} frames holds {} samples", samples.len());
         }
         let (l, r): (Vec<f32>, Vec<f32>) = samples.chunks_exact(2).map(|f| (f[0], f[1])).unzip();
+        if let Some((_, stems)) = self.remote_audio.as_mut().filter(|(r, _)| r == id) {
+            if let Some((_, rl, rr)) = stems.iter_mut().find(|(s, _, _)| *s == stem) {
+                rl.extend_from_slice(&l);
+                rr.extend_from_slice(&r);
+            }
+        }
         let (l, r) = resampler.push(&l, &r);
         if buf.append(&l, &r) > 0 {
             nice_warn!(
@@ -1001,6 +1114,18 @@ impl Worker {
         let out_dir = files::take_dir(&id);
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
+        let remote = matches!(self.settings.mode, EngineMode::Remote { .. });
+        // A remote engine takes no paths of this machine: the clip goes in the request, the
+        // stems come back as chunks.
+        let (prompt, out_dir) = if remote {
+            let prompt = match prompt {
+                Some(StylePrompt::Audio { path }) => Some(upload(&path)?),
+                other => other,
+            };
+            (prompt, PathBuf::new())
+        } else {
+            (prompt, out_dir)
+        };
         let descriptions = draft.tags.descriptions();
         let job = Job {
             lyrics: draft.lyrics.clone(),
@@ -1050,6 +1175,13 @@ impl Worker {
         }
         self.running = Some(id.clone());
         self.running_job = Some(job.clone());
+        self.remote_audio = remote.then(|| {
+            let stems = Stem::for_gen_type(job.gen_type)
+                .iter()
+                .map(|&s| (s, Vec::new(), Vec::new()))
+                .collect();
+            (id.clone(), stems)
+        });
         // The new take plays as it fills in.
         self.params.takes.update(|t| t.selected = Some(id.clone()));
         self.status().job = Some(JobProgress::new(id.clone()));

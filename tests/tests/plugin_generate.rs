@@ -32,6 +32,8 @@ fn generate_makes_a_selected_take_that_plays() {
     std::env::set_var(files::CACHE_ENV, dir.join("cache"));
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_ENGINE", env!("CARGO_BIN_EXE_songgen-test-engine"));
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
     std::env::set_var("SONGGEN_TEST_ENGINE_SECONDS", "0.5");
 
     let params = Arc::new(SongGenParams::default());

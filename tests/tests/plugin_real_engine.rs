@@ -76,6 +76,8 @@ fn a_missing_model_is_reported_with_the_engines_own_message() {
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen);
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
     songgen_engine::license::record_acceptance().unwrap();
 
     let (worker, status) = activated_worker(Arc::new(SongGenParams::default()));
@@ -113,6 +115,8 @@ fn generates_a_take_with_the_real_engine_on_the_tiny_model() {
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen);
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
     songgen_engine::license::record_acceptance().unwrap();
 
     let params = Arc::new(SongGenParams::default());
@@ -168,6 +172,8 @@ fn set_env(dir: &Path, engine: &Path) {
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", engine);
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
     songgen_engine::license::record_acceptance().unwrap();
 }
 

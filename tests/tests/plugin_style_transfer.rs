@@ -38,6 +38,8 @@ fn a_captured_loop_becomes_the_prompt_of_a_take_that_plays() {
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", songgen_tests::songgen_bin());
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
     songgen_engine::license::record_acceptance().unwrap();
     // The engine settings are per-user (the settings file), not in the project.
     songgen_plugin::settings::UserSettings {

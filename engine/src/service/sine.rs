@@ -16,9 +16,6 @@ use crate::protocol::{GenType, SamplingOptions, Stage, Stem};
 use crate::render::PromptSet;
 use crate::service::pipeline::{LmInput, SongModel, FRAME_RATE};
 
-/// Sample frames per token frame at 48 kHz and 25 Hz.
-const FRAMES_PER_TOKEN: usize = 1920;
-
 pub struct SineModel {
     /// Length of every stem in seconds.
     pub seconds: f64,
@@ -32,7 +29,11 @@ pub struct SineModel {
 
 impl SineModel {
     fn frames(&self) -> usize {
-        ((self.seconds * f64::from(FRAME_RATE)).round() as usize).max(1)
+        ((self.seconds * f64::from(FRAME_RATE)).ceil() as usize).max(1)
+    }
+
+    fn samples(&self) -> usize {
+        (self.seconds * f64::from(audio::SAMPLE_RATE)).round() as usize
     }
 }
 
@@ -112,7 +113,9 @@ impl SongModel for SineModel {
         _seed: u64,
         _progress: &mut ProgressFn<'_>,
     ) -> anyhow::Result<Vec<(Stem, Audio)>> {
-        let n = tokens.dim(2)? * FRAMES_PER_TOKEN;
+        // Exactly `seconds` of audio (the tokens are only a stand-in).
+        let _ = tokens;
+        let n = self.samples();
         let rate = audio::SAMPLE_RATE as f32;
         Ok(Stem::for_gen_type(gen_type)
             .iter()
@@ -135,7 +138,7 @@ impl SongModel for SineModel {
             .collect())
     }
     fn max_frames(&self) -> Option<u64> {
-        Some((self.frames() * FRAMES_PER_TOKEN) as u64)
+        Some(self.samples() as u64)
     }
 }
 

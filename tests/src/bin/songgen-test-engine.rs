@@ -30,12 +30,17 @@ fn env_f64(name: &str, default: f64) -> f64 {
 
 fn start(options: EngineOptions) -> Engine {
     if let Some(pidfile) = std::env::var_os("SONGGEN_TEST_ENGINE_PIDFILE") {
-        let mut f = std::fs::OpenOptions::new()
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(pidfile)
-            .expect("pid file");
-        writeln!(f, "{}", std::process::id()).expect("pid file");
+            .open(&pidfile)
+            .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        if let Err(e) = written {
+            eprintln!(
+                "songgen-test-engine: pid file {}: {e}",
+                pidfile.to_string_lossy()
+            );
+        }
     }
     let model = SineModel {
         seconds: env_f64("SONGGEN_TEST_ENGINE_SECONDS", 1.0),

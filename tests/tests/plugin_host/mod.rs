@@ -341,6 +341,29 @@ pub fn isolate(dir: &std::path::Path) {
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));
     std::env::set_var("SONGGEN_ENGINE", dir.join("no-engine-here"));
+    isolate_engine(dir);
+}
+
+/// The shared engine's socket in `dir` (so no test reaches another's engine, or the user's),
+/// and a short idle grace (1 s) so an engine left by a test exits soon after.
+pub fn isolate_engine(dir: &std::path::Path) {
+    std::env::set_var("SONGGEN_RUNTIME_DIR", dir.join("run"));
+    std::env::set_var("SONGGEN_ENGINE_GRACE", "1");
+}
+
+/// Engine processes running the executable `exe` (zombies, which have no executable, are not
+/// counted).
+pub fn engine_processes(exe: &std::path::Path) -> Vec<u32> {
+    let want = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == want))
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Copies the plugin library into a Linux VST3 bundle, `<dir>/songgen_plugin.vst3` (the layout
