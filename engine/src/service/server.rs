@@ -1162,3 +1162,257 @@ mod tests {
         sink.finish();
     }
 }
+
+/// A property test of the request parser and the session state machine: random sessions of
+/// valid, mutated and garbage lines, from local and network clients, against a live engine.
+/// `SONGGEN_FUZZ_CASES` sets the number of sessions (CI runs the default, a few seconds).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::service::pipeline::tests::EchoModel;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn valid_line(rng: &mut StdRng, out: &Path, remote: bool) -> String {
+        let long = "z".repeat(80);
+        let id = ["a", "b", "take-1", "../x", "", "x/y", "é", &long][rng.random_range(0..8)];
+        match rng.random_range(0..9) {
+            7 | 8 => {
+                // A job every check accepts.
+                let id = ["a", "b", "take-1"][rng.random_range(0..3)];
+                let gen_type = ["mixed", "vocal"][rng.random_range(0..2)];
+                let mut job = serde_json::json!({
+                    "lyrics": "[verse] hi there ; [chorus] la",
+                    "gen_type": gen_type,
+                    "seed": 1,
+                });
+                if !remote {
+                    job["out_dir"] = serde_json::json!(out.join(id));
+                }
+                serde_json::json!({"op": "generate", "id": id, "job": job}).to_string()
+            }
+            0 | 1 => {
+                let lyrics = [
+                    "[verse] hi there ; [chorus] la",
+                    "",
+                    "no tags",
+                    "[verse] a\u{0}b",
+                ][rng.random_range(0..4)];
+                let gen_type =
+                    ["mixed", "vocal", "bgm", "separate", "nope"][rng.random_range(0..5)];
+                let seed = [
+                    serde_json::json!(1),
+                    serde_json::json!(-1),
+                    serde_json::json!(1e300),
+                    serde_json::json!("7"),
+                ][rng.random_range(0..4)]
+                .clone();
+                let mut job = serde_json::json!({
+                    "lyrics": lyrics,
+                    "gen_type": gen_type,
+                    "seed": seed,
+                });
+                if !remote || rng.random_bool(0.3) {
+                    job["out_dir"] =
+                        serde_json::json!(out.join(format!("d{}", rng.random_range(0..3))));
+                }
+                match rng.random_range(0..5) {
+                    0 => {
+                        job["prompt"] =
+                            serde_json::json!({"kind": "audio", "path": "/nonexistent/clip.wav"})
+                    }
+                    1 => {
+                        job["prompt"] = serde_json::json!({"kind": "upload", "wav": "bm90IGEgd2F2"})
+                    }
+                    2 => job["prompt"] = serde_json::json!({"kind": "auto", "genre": "Pop"}),
+                    3 => {
+                        job["sampling"] =
+                            serde_json::json!({"top_k": u64::MAX, "temperature": "hot"})
+                    }
+                    _ => {}
+                }
+                serde_json::json!({"op": "generate", "id": id, "job": job}).to_string()
+            }
+            2 => serde_json::json!({"op": "cancel", "id": id}).to_string(),
+            3 => r#"{"op":"status"}"#.into(),
+            4 => {
+                let token = [TOKEN, "wrong"][rng.random_range(0..2)];
+                serde_json::json!({"op": "auth", "token": token}).to_string()
+            }
+            5 => r#"{"op":"shutdown"}"#.into(),
+            _ => r#"{"op":"generate","id":1,"job":[]}"#.into(),
+        }
+    }
+
+    fn mutate(rng: &mut StdRng, line: String) -> Vec<u8> {
+        let mut b = line.into_bytes();
+        for _ in 0..rng.random_range(0..4) {
+            if b.is_empty() {
+                break;
+            }
+            let i = rng.random_range(0..b.len());
+            match rng.random_range(0..3) {
+                0 => b[i] = rng.random(),
+                1 => {
+                    b.remove(i);
+                }
+                _ => b.insert(i, rng.random()),
+            }
+        }
+        b.retain(|c| *c != b'\n');
+        b
+    }
+
+    #[test]
+    fn random_sessions_never_panic_and_every_job_ends_once() {
+        let cases: usize = std::env::var("SONGGEN_FUZZ_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(400);
+        let root = std::env::temp_dir().join(format!("songgen-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let out_root = root.join("served");
+        let engine = Engine::start_with(
+            Box::new(EchoModel { steps: 1 }),
+            EngineOptions {
+                out_root: Some(out_root.clone()),
+                limits: Limits {
+                    queue_per_client: 3,
+                    queue_total: 6,
+                    ..Limits::default()
+                },
+            },
+        );
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let mut sinks = Vec::new();
+        for case in 0..cases {
+            let remote = rng.random_bool(0.5);
+            let out = root.join(format!("local-{case}"));
+            let captured = Lines::default();
+            let sink = EventSink::new(captured.clone());
+            let origin = if remote {
+                Origin::Remote
+            } else {
+                Origin::Local
+            };
+            let mut session = engine.session(origin, sink.clone(), remote.then(|| TOKEN.into()));
+            // Half the clients stay until their jobs are done, half leave at once (cancelling them).
+            let stay = rng.random_bool(0.5);
+            session.keep_jobs = stay;
+            if remote && rng.random_bool(0.8) {
+                let _ = session.handle_line(&format!(r#"{{"op":"auth","token":"{TOKEN}"}}"#));
+            }
+            for _ in 0..rng.random_range(1..12) {
+                let line = valid_line(&mut rng, &out, remote);
+                let bytes = match rng.random_range(0..4) {
+                    0 => (0..rng.random_range(0..300))
+                        .map(|_| rng.random::<u8>())
+                        .filter(|c| *c != b'\n')
+                        .collect(),
+                    1 => mutate(&mut rng, line),
+                    _ => line.into_bytes(),
+                };
+                // Shutdown is never sent by a local client here (it would end the run).
+                if !remote && bytes.windows(8).any(|w| w == b"shutdown") {
+                    continue;
+                }
+                if session.handle_bytes(&bytes).is_break() {
+                    break;
+                }
+            }
+            drop(session);
+            if stay {
+                // Wait for this client's jobs (the queue's bounds are small).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while engine.inner.lock().busy() {
+                    assert!(Instant::now() < deadline, "the engine got stuck");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            sinks.push((remote, out, captured, sink));
+        }
+        // The engine still serves: a new client gets its status.
+        let captured = Lines::default();
+        let sink = EventSink::new(captured.clone());
+        let mut s = engine.session(Origin::Local, sink.clone(), None);
+        let _ = s.handle(Request::Status);
+        drop(s);
+        engine.join();
+        sink.finish();
+        assert!(String::from_utf8_lossy(&captured.0.lock().unwrap()).contains("\"status\""));
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (remote, out, captured, sink) in sinks {
+            sink.finish();
+            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            let mut open: BTreeMap<String, usize> = BTreeMap::new();
+            for line in text.lines() {
+                let ev: Event =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                let kind = match (&ev, remote) {
+                    (Event::Done { .. }, true) => "remote done",
+                    (Event::Done { .. }, false) => "local done",
+                    (Event::Queued { .. }, _) => "queued",
+                    (Event::Error { .. }, _) => "error",
+                    (Event::Ready { .. }, true) => "remote ready",
+                    _ => "other",
+                };
+                *seen.entry(kind).or_default() += 1;
+                match ev {
+                    Event::Queued { id, .. } => *open.entry(id).or_default() += 1,
+                    Event::Done { id, .. } | Event::Cancelled { id } => {
+                        let n = open
+                            .get_mut(&id)
+                            .unwrap_or_else(|| panic!("end of unknown job {id}: {text}"));
+                        *n -= 1;
+                    }
+                    // An error ends a queued job, except the refusal of a duplicate id.
+                    Event::Error {
+                        id: Some(id),
+                        message,
+                    } if !message.contains("already queued or running") => {
+                        if let Some(n) = open.get_mut(&id).filter(|n| **n > 0) {
+                            *n -= 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                open.values().all(|n| *n == 0),
+                "a job without exactly one end: {open:?}\n{text}"
+            );
+            // A network client never makes the server write where it asked.
+            if remote {
+                assert!(!out.exists(), "a network client wrote to {}", out.display());
+            }
+        }
+        // The sessions reached every state: jobs ran for both kinds of client, inputs were refused.
+        for kind in [
+            "remote done",
+            "local done",
+            "queued",
+            "error",
+            "remote ready",
+        ] {
+            assert!(
+                seen.get(kind).is_some_and(|n| *n > 0),
+                "never saw {kind}: {seen:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
