@@ -60,6 +60,8 @@ pub enum EngineMsg {
 pub struct StartError {
     pub status: Option<ExitStatus>,
     pub message: String,
+    /// Whether an engine process was started (and then ended or was given up on).
+    pub spawned: bool,
 }
 
 impl std::fmt::Display for StartError {
@@ -72,6 +74,7 @@ fn start_error(e: anyhow::Error) -> StartError {
     StartError {
         status: None,
         message: format!("{e:#}"),
+        spawned: false,
     }
 }
 
@@ -264,6 +267,7 @@ impl EngineLink {
                         .map(|l| format!(": {l}"))
                         .unwrap_or_default();
                     return Err(StartError {
+                        spawned: true,
                         status: Some(status),
                         message: format!(
                             "engine {} {}{detail}",
@@ -277,6 +281,7 @@ impl EngineLink {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(StartError {
+                    spawned: true,
                     status: None,
                     message: format!(
                         "engine {} did not open {} within {} s (see {})",

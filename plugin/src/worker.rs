@@ -242,7 +242,8 @@ impl LinearResampler {
 pub struct UiStatus {
     pub engine: EngineState,
     pub engine_pid: Option<u32>,
-    /// Engine processes started so far.
+    /// Engine processes this instance started so far (connecting to a running shared engine
+    /// starts none).
     pub engine_starts: u64,
     pub job: Option<JobProgress>,
     /// Why the plugin runs the CPU engine instead of the configured (CUDA) one, if it does.
@@ -679,11 +680,16 @@ impl Worker {
                     Some(pid) => nice_log!("songgen: started engine {} (pid {pid})", link.describe),
                     None => nice_log!("songgen: connected to {}", link.describe),
                 }
+                if link.pid().is_some() {
+                    self.status().engine_starts += 1;
+                }
                 self.engine = Some(link);
-                self.status().engine_starts += 1;
                 self.set_engine_state(EngineState::Starting);
             }
             Err(e) => {
+                if e.spawned {
+                    self.status().engine_starts += 1;
+                }
                 let reason = e.to_string();
                 let fell_back = match &target {
                     Target::Local { exe, .. } | Target::Private { exe, .. }
