@@ -46,7 +46,7 @@ fn setup(precision: LmPrecision) -> Setup {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device).pp("audiolm");
     LeLm::load(&cfg, vb.clone()).expect("variables");
-    songgen_engine::lm::quality::randomize(&varmap, 0).expect("random weights");
+    songgen_engine::lm::quality::randomize(&varmap).expect("random weights");
     let model =
         LeLm::load_with(&cfg, vb, &LinearLoader::new(precision, None)).expect("random model");
     let p = cfg.prefix_len();

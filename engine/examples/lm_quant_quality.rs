@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev).pp("audiolm");
     LeLm::load(&cfg, vb.clone())?;
-    quality::randomize(&varmap, 0)?;
+    quality::randomize(&varmap)?;
     let mut reference = LeLm::load(&cfg, vb.clone())?;
     let p = cfg.prefix_len();
     let rand = || Tensor::randn(0f32, 1.0, (2, p, cfg.dim), &dev);

@@ -467,7 +467,10 @@ impl<P: ClapPlugin> Factory<P> {
 }
 
 /// `clap_plugin_entry::get_factory`: the plugin factory, for its id.
-pub fn factory_for(
+///
+/// # Safety
+/// `factory_id` must be null or a NUL-terminated string.
+pub unsafe fn factory_for(
     factory_id: *const c_char,
     factory: &'static clap_plugin_factory,
 ) -> *const c_void {
@@ -499,7 +502,8 @@ macro_rules! export_clap {
             pub extern "C" fn get_factory(
                 factory_id: *const ::std::ffi::c_char,
             ) -> *const ::std::ffi::c_void {
-                $crate::clap::factory_for(factory_id, &FACTORY)
+                // SAFETY: the host passes a C string (or null).
+                unsafe { $crate::clap::factory_for(factory_id, &FACTORY) }
             }
         }
 

@@ -101,10 +101,13 @@ fn read_chunk(session_file: &Path) -> (String, Vec<u8>) {
     (session, bytes)
 }
 
+/// A `.vstpreset` chunk: its four-byte id and its bytes.
+type PresetChunk = ([u8; 4], Vec<u8>);
+
 /// Ardour stores a VST3's state as a `.vstpreset`: a 48-byte header ("VST3", version, class
 /// id, chunk-list offset), the chunks, and a chunk list ("List", count, then id/offset/size).
 /// Returns the header's class id and the chunks in order.
-fn split_preset(data: &[u8]) -> ([u8; 32], Vec<([u8; 4], Vec<u8>)>) {
+fn split_preset(data: &[u8]) -> ([u8; 32], Vec<PresetChunk>) {
     assert_eq!(&data[..4], b"VST3", "not a VST3 preset");
     let class_id: [u8; 32] = data[8..40].try_into().unwrap();
     let i64_at = |at: usize| i64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize;
@@ -122,7 +125,7 @@ fn split_preset(data: &[u8]) -> ([u8; 32], Vec<([u8; 4], Vec<u8>)>) {
     (class_id, chunks)
 }
 
-fn join_preset(class_id: &[u8; 32], chunks: &[([u8; 4], Vec<u8>)]) -> Vec<u8> {
+fn join_preset(class_id: &[u8; 32], chunks: &[PresetChunk]) -> Vec<u8> {
     let mut body = Vec::new();
     let mut list = b"List".to_vec();
     list.extend_from_slice(&(chunks.len() as i32).to_le_bytes());

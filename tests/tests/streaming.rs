@@ -130,10 +130,21 @@ fn chunks_arrive_while_the_lm_runs_and_equal_the_wavs() {
         }
     }
     assert_eq!(first.len(), 3, "chunks of every stem: {first:?}");
+    // Pipelining is real: audio went out while the LM was still generating.
+    let earliest = first.values().min().unwrap();
+    assert!(
+        *earliest < last_lm,
+        "the first chunk (event {earliest}) came after the LM's last progress (event {last_lm})"
+    );
+    // Lockstep: every stem's first window is out before any stem's second window.
+    let window = 750 * 1920;
+    let second = events
+        .iter()
+        .position(|e| matches!(e, Event::Chunk { start, frames, .. } if start + frames > window));
     for (stem, i) in &first {
         assert!(
-            *i < last_lm,
-            "the first {stem:?} chunk (event {i}) came after the LM's last progress (event {last_lm})"
+            second.is_none_or(|j| *i < j),
+            "{stem:?} started (event {i}) after a second window (event {second:?})"
         );
     }
     let Event::Done { stems, frames, .. } = done else {

@@ -86,27 +86,17 @@ pub fn compare(
 
 /// Gives every variable of `varmap` the reference's random init for benchmarks and quality
 /// runs: N(0, 0.02) matrices, unit norm weights, zero biases (a `VarMap` starts at zero).
-pub fn randomize(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
-    use rand::SeedableRng;
-    use rand_distr::Distribution;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let normal = rand_distr::Normal::new(0f32, 0.02)?;
+pub fn randomize(varmap: &candle_nn::VarMap) -> Result<()> {
     let data = varmap
         .data()
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
+    for (name, var) in data.iter() {
         let t = var.as_tensor();
         let fresh = if name.ends_with("norm.weight") {
             t.ones_like()?
         } else if t.rank() >= 2 {
-            let v: Vec<f32> = (0..t.elem_count())
-                .map(|_| normal.sample(&mut rng))
-                .collect();
-            Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())?
+            Tensor::randn(0f32, 0.02, t.shape(), t.device())?.to_dtype(t.dtype())?
         } else {
             t.zeros_like()?
         };
