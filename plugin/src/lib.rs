@@ -193,6 +193,8 @@ impl Plugin for SongGen {
         aux: &mut AuxiliaryBuffers,
         context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
+        // nice-plug sets flush-to-zero (results); denormal *inputs* need denormals-are-zero too.
+        let _daz = DenormalsAreZero::enable();
         let mut timeline = Timeline::from_transport(context.transport());
         if self.offline && !timeline.playing {
             // An offline render always moves forward; without a playing host transport, take
@@ -280,3 +282,46 @@ impl Vst3Plugin for SongGen {
 export_clap!(SongGen);
 // nice-plug's VST3 wrapper behind stand-in buffers for inactive buses (see `vst3`).
 export_vst3!(SongGen);
+
+/// Sets the CPU's denormals-are-zero flag (x86 MXCSR bit 6) for the scope of one `process()`
+/// call and restores the previous value: with it, denormal input samples (a host's fade tails)
+/// cost what zeros cost. nice-plug's `unsafe_flush_denormals` sets only flush-to-zero (bit 15),
+/// which covers results, not inputs. No allocation, no lock.
+struct DenormalsAreZero {
+    #[cfg(target_arch = "x86_64")]
+    previous: u32,
+}
+
+impl DenormalsAreZero {
+    #[cfg(target_arch = "x86_64")]
+    const DAZ: u32 = 1 << 6;
+
+    fn enable() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut previous: u32 = 0;
+            // SAFETY: stmxcsr/ldmxcsr only read and write this thread's SSE control register
+            // (always present on x86_64); the value written differs from the read one only in
+            // the DAZ bit, which changes no results but those of denormal operands.
+            unsafe {
+                std::arch::asm!("stmxcsr [{}]", in(reg) &mut previous, options(nostack));
+                let set = previous | Self::DAZ;
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &set, options(nostack));
+            }
+            Self { previous }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self {}
+    }
+}
+
+impl Drop for DenormalsAreZero {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: restores the register value read in `enable` on the same thread (the guard
+        // lives on `process()`'s stack).
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.previous, options(nostack));
+        }
+    }
+}
