@@ -92,6 +92,10 @@ pub struct Args {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run the jobs in the shared local engine (`songgen serve --socket`, the one the plugin
+    /// uses) instead of loading the model here [default socket: the per-user one].
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
+    pub engine: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -140,6 +144,9 @@ pub fn run(args: Args) -> CliResult {
         for w in &p.warnings {
             eprintln!("warning: {}: {w}", p.id);
         }
+    }
+    if let Some(socket) = &args.engine {
+        return run_in_engine(&args, socket, &prepared);
     }
     license::ensure_accepted(args.accept_license)?;
     let model_dir = args.model.model_dir();
@@ -209,6 +216,125 @@ pub fn run(args: Args) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `--engine`: the jobs go to the shared local engine, one after the other; its events are
+/// shown as the local run shows its own.
+#[cfg(unix)]
+fn run_in_engine(
+    args: &Args,
+    socket: &std::path::Path,
+    prepared: &[pipeline::PreparedJob],
+) -> CliResult {
+    use songgen_engine::protocol::{Event, Request};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let socket = if socket.as_os_str().is_empty() {
+        songgen_engine::paths::engine_socket()
+    } else {
+        socket.to_path_buf()
+    };
+    let stream = UnixStream::connect(&socket).map_err(|e| {
+        Failure::input(anyhow!(
+            "no shared engine at {} ({e}): start one with `songgen serve --socket`, or leave out --engine",
+            socket.display()
+        ))
+    })?;
+    let mut writer = stream.try_clone().map_err(Failure::run)?;
+    let mut events = BufReader::new(stream).lines();
+    let mut next = || -> Result<Event, Failure> {
+        let line = events
+            .next()
+            .ok_or_else(|| Failure::run(anyhow!("the shared engine closed the connection")))?
+            .map_err(Failure::run)?;
+        serde_json::from_str(&line).map_err(|e| Failure::run(anyhow!("engine sent `{line}`: {e}")))
+    };
+    match next()? {
+        Event::Ready { model, device, .. } => {
+            eprintln!(
+                "using the shared engine at {}: model {model} on {device}",
+                socket.display()
+            )
+        }
+        other => return Err(Failure::run(anyhow!("engine greeted with {other:?}"))),
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_ctrlc(cancel.clone());
+    let bars = Bars::new(args.quiet);
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    for p in prepared {
+        // The engine runs in another folder: every path it gets is absolute.
+        let mut job = p.job.clone();
+        job.out_dir = absolute(&job.out_dir);
+        if let Some(StylePrompt::Audio { path }) = &mut job.prompt {
+            *path = absolute(path);
+        }
+        let mut send = |req: &Request| -> Result<(), Failure> {
+            let line = serde_json::to_string(req).map_err(Failure::run)? + "\n";
+            writer.write_all(line.as_bytes()).map_err(Failure::run)
+        };
+        send(&Request::Generate {
+            id: p.id.clone(),
+            job,
+        })?;
+        let mut cancel_sent = false;
+        loop {
+            if cancel.load(Ordering::SeqCst) && !cancel_sent {
+                send(&Request::Cancel { id: p.id.clone() })?;
+                cancel_sent = true;
+            }
+            match next()? {
+                Event::Progress {
+                    id,
+                    stage,
+                    done,
+                    total,
+                    rate,
+                } if id == p.id => bars.update(
+                    &id,
+                    Progress {
+                        stage,
+                        done,
+                        total,
+                        rate,
+                    },
+                ),
+                Event::Done {
+                    id,
+                    stems,
+                    frames,
+                    sample_rate,
+                    seed,
+                } if id == p.id => {
+                    bars.clear();
+                    println!(
+                        "{id}: {:.1} s of audio, seed {seed} (shared engine)",
+                        frames as f64 / f64::from(sample_rate.max(1))
+                    );
+                    for path in stems.values().chain([&p.record]) {
+                        println!("  {}", path.display());
+                    }
+                    break;
+                }
+                Event::Cancelled { id } if id == p.id => {
+                    bars.clear();
+                    return Err(Failure::cancelled());
+                }
+                Event::Error { id, message } if id.as_deref() == Some(&p.id) || id.is_none() => {
+                    bars.clear();
+                    return Err(Failure::input(anyhow!("{}: {message}", p.id)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn run_in_engine(_: &Args, _: &std::path::Path, _: &[pipeline::PreparedJob]) -> CliResult {
+    Err(Failure::input(anyhow!("--engine needs Unix sockets")))
 }
 
 /// The jobs of this invocation, each with where it came from (for error messages).
