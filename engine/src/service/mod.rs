@@ -8,5 +8,5 @@ pub mod listen;
 pub mod models;
 pub mod pipeline;
 pub mod server;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod sine;

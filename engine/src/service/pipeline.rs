@@ -615,81 +615,15 @@ fn tokens_digest(tokens: &Tensor) -> anyhow::Result<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::progress::report;
-    use candle_core::{DType, Device};
 
-    /// A stand-in model for testing the flow (not the models): `steps` LM "steps" that report
-    /// progress and can be cancelled, then 3 token frames rendered as constant stems.
-    pub struct EchoModel {
-        pub steps: u64,
-    }
-
-    impl SongModel for EchoModel {
-        fn name(&self) -> String {
-            "echo".into()
-        }
-        fn device(&self) -> String {
-            "cpu".into()
-        }
-        fn encode_prompt(
-            &mut self,
-            _audio: &Audio,
-            _gen_type: GenType,
-            _seed: u64,
-            _progress: &mut ProgressFn<'_>,
-        ) -> anyhow::Result<JobPrompt> {
-            Ok(JobPrompt::tokens_only(Tensor::zeros(
-                (1, 3, 250),
-                DType::I64,
-                &Device::Cpu,
-            )?))
-        }
-        fn auto_prompt(&mut self, _g: &str, _s: &str, _seed: u64) -> anyhow::Result<JobPrompt> {
-            Ok(JobPrompt::tokens_only(Tensor::zeros(
-                (1, 3, 250),
-                DType::I64,
-                &Device::Cpu,
-            )?))
-        }
-        fn tokens(
-            &mut self,
-            _input: &LmInput,
-            _sampling: &SamplingOptions,
-            seed: u64,
-            progress: &mut ProgressFn<'_>,
-        ) -> anyhow::Result<Tensor> {
-            for done in 1..=self.steps {
-                let p = Progress {
-                    stage: Stage::Lm,
-                    done,
-                    total: self.steps,
-                    rate: None,
-                };
-                report(progress, p)?;
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            let _ = seed;
-            Ok(Tensor::zeros((1, 3, 3), DType::I64, &Device::Cpu)?)
-        }
-        fn render(
-            &mut self,
-            tokens: &Tensor,
-            _prompts: &PromptSet,
-            gen_type: GenType,
-            _seed: u64,
-            _progress: &mut ProgressFn<'_>,
-        ) -> anyhow::Result<Vec<(Stem, Audio)>> {
-            let n = tokens.dim(2)? * 1920;
-            Ok(Stem::for_gen_type(gen_type)
-                .iter()
-                .map(|&k| {
-                    let audio = Audio {
-                        channels: vec![vec![0.1; n], vec![-0.1; n]],
-                        sample_rate: audio::SAMPLE_RATE,
-                    };
-                    (k, audio)
-                })
-                .collect())
+    /// A stand-in model for testing the flow (not the models): `steps` LM "steps" (2 ms each)
+    /// that report progress and can be cancelled, then 3 token frames rendered as sine stems.
+    pub fn echo_model(steps: u64) -> crate::service::sine::SineModel {
+        crate::service::sine::SineModel {
+            seconds: 3.0 / f64::from(FRAME_RATE),
+            steps,
+            step_time: std::time::Duration::from_millis(2),
+            log: None,
         }
     }
 
@@ -710,7 +644,7 @@ pub(crate) mod tests {
     fn writes_stems_and_record_and_never_overwrites() {
         let out = std::env::temp_dir().join(format!("songgen-pipe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
-        let mut model = EchoModel { steps: 3 };
+        let mut model = echo_model(3);
         let prepared = prepare("take1", &job(&out)).unwrap();
         let result = run(&mut model, &prepared, 4, &mut |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(result.token_frames, 3);

@@ -935,7 +935,7 @@ fn run_one(model: &mut dyn SongModel, q: &Queued) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::pipeline::tests::{job, EchoModel};
+    use crate::service::pipeline::tests::{echo_model, job};
     use std::io::Cursor;
 
     #[derive(Clone, Default)]
@@ -975,7 +975,7 @@ mod tests {
     fn queued_jobs_run_in_order_and_a_queued_cancel_skips_one() {
         let out = std::env::temp_dir().join(format!("songgen-svc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
-        let engine = Engine::start(Box::new(EchoModel { steps: 20 }));
+        let engine = Engine::start(Box::new(echo_model(20)));
         let mut lines = String::new();
         for id in ["a", "b", "c"] {
             let req = Request::Generate {
@@ -1014,7 +1014,7 @@ mod tests {
     fn clients_take_turns_and_see_only_their_own_jobs() {
         let out = std::env::temp_dir().join(format!("songgen-svc-rr-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
-        let engine = Engine::start(Box::new(EchoModel { steps: 30 }));
+        let engine = Engine::start(Box::new(echo_model(30)));
         let (ca, cb) = (Captured::default(), Captured::default());
         let (sa, sb) = (EventSink::new(ca.clone()), EventSink::new(cb.clone()));
         let mut a = engine.session(Origin::Local, sa.clone(), None);
@@ -1098,7 +1098,7 @@ mod tests {
         assert!(matches!(read_line_bounded(&mut r, 100), Line::Bytes(b) if b == b"ok"));
         assert!(matches!(read_line_bounded(&mut r, 100), Line::Eof));
 
-        let engine = Engine::start(Box::new(EchoModel { steps: 1 }));
+        let engine = Engine::start(Box::new(echo_model(1)));
         let captured = Captured::default();
         let sink = EventSink::new(captured.clone());
         let input = b"\xff\xfe{\n{\"op\":\"generate\",\"id\":\"../x\",\"job\":{\"lyrics\":\"a\",\"out_dir\":\"/tmp\"}}\n{\"op\":\"status\",\"x\":1e999}\n{\"op\":\"status\"}\n".to_vec();
@@ -1169,7 +1169,7 @@ mod tests {
 #[cfg(test)]
 mod fuzz {
     use super::*;
-    use crate::service::pipeline::tests::EchoModel;
+    use crate::service::pipeline::tests::echo_model;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -1287,7 +1287,7 @@ mod fuzz {
         let _ = std::fs::remove_dir_all(&root);
         let out_root = root.join("served");
         let engine = Engine::start_with(
-            Box::new(EchoModel { steps: 1 }),
+            Box::new(echo_model(1)),
             EngineOptions {
                 out_root: Some(out_root.clone()),
                 limits: Limits {
