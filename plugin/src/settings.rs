@@ -128,7 +128,7 @@ impl UserSettings {
         written
     }
 
-    /// Arguments after `serve --stdio`.
+    /// Arguments after `serve --socket PATH` (or `serve --stdio`).
     pub fn engine_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if !self.model_dir.trim().is_empty() {

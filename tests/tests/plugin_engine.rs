@@ -3,7 +3,7 @@
 //! one, while the host keeps processing audio normally.
 //!
 //! The engine here is this crate's `songgen-test-engine`, which speaks the real
-//! `songgen serve --stdio` protocol (`songgen_engine::protocol`) without loading a model.
+//! protocol of the real service (`songgen serve --socket`) without loading a model.
 
 mod plugin_host;
 

@@ -1,4 +1,4 @@
-//! The plugin against the real engine executable, `songgen serve --stdio`: with no model installed the engine
+//! The plugin against the real engine executable (the shared engine, `songgen serve --socket`): with no model installed the engine
 //! exits with its error, and the plugin reports that message and does not restart in a loop; a
 //! CUDA engine that cannot run is replaced by the CPU engine beside it.
 

@@ -1,5 +1,5 @@
 //! Style transfer from a host region through a CLAP host, with the real engine
-//! (`songgen serve --stdio`) on the tiny model: arm capture, play a looping transport over a
+//! (the shared engine, `songgen serve --socket`) on the tiny model: arm capture, play a looping transport over a
 //! 10 s loop, trigger Generate (its parameter, as host automation would) with the *Captured
 //! region* source; the take finishes, plays on the Vocals and Accompaniment buses, names the
 //! capture as its prompt, and a project saved and reopened keeps the capture.
