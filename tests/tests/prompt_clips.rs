@@ -256,8 +256,19 @@ fn every_sample_format_reads_to_the_same_clip() {
         assert_prompt_frames(&e, 250);
         results.push(ints(&e.tokens));
     }
-    // 24-bit and float carry the same music: the same tokens.
-    assert_eq!(results[2], results[3]);
+    // 24-bit and float carry the same music: the same tokens, but for the rare code whose two
+    // nearest centroids are within the 24-bit quantisation noise (2^-23) of each other.
+    assert_eq!(results[2].len(), results[3].len());
+    let same = results[2]
+        .iter()
+        .zip(&results[3])
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same * 100 >= results[3].len() * 99,
+        "24-bit and float clips agree on {same} of {} tokens",
+        results[3].len()
+    );
 }
 
 #[test]
