@@ -699,11 +699,43 @@ impl Worker {
                     }
                     _ => false,
                 };
-                if !fell_back {
+                if !fell_back && !self.retry_after_kill(e.status, &reason) {
                     self.set_engine_state(EngineState::Failed { reason });
                 }
             }
         }
+    }
+
+    /// An engine this instance started was killed (a signal: the OOM killer, a user) before
+    /// this instance could link to it: try again, as after a crash (at most `MAX_CRASHES` in
+    /// `CRASH_WINDOW`). False when it was not killed, or keeps being killed.
+    fn retry_after_kill(&mut self, status: Option<std::process::ExitStatus>, reason: &str) -> bool {
+        #[cfg(unix)]
+        let killed = {
+            use std::os::unix::process::ExitStatusExt;
+            status.is_some_and(|s| s.signal().is_some())
+        };
+        #[cfg(not(unix))]
+        let killed = {
+            let _ = status;
+            false
+        };
+        if !killed {
+            return false;
+        }
+        let now = Instant::now();
+        self.crashes
+            .retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+        self.crashes.push_back(now);
+        if self.crashes.len() >= MAX_CRASHES {
+            return false;
+        }
+        nice_warn!("songgen: {reason}; restarting");
+        self.restart_at = Some(now + RESTART_DELAY);
+        self.set_engine_state(EngineState::Restarting {
+            reason: reason.to_owned(),
+        });
+        true
     }
 
     /// The configured engine `exe` cannot run on its device (`reason`): start the CPU engine
