@@ -24,6 +24,8 @@ use super::server::{Engine, EventSink, Origin};
 
 /// Most simultaneous network connections; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// How long a closing connection's peer may take to read the events left for it.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a network connection may take to authenticate.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,7 +145,7 @@ pub fn serve_socket(
                         None,
                         false,
                     );
-                    sink.finish();
+                    sink.finish_within(FINISH_TIMEOUT);
                 }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -291,7 +293,7 @@ fn serve_tcp_connection(engine: &Engine, stream: TcpStream, token: Option<String
         token,
         false,
     );
-    sink.finish();
+    sink.finish_within(FINISH_TIMEOUT);
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 

@@ -167,6 +167,31 @@ impl EventSink {
         self.0.kill();
     }
 
+    /// [`Self::finish`], but a peer that does not take what is left within `limit` loses the
+    /// rest: its connection is shut down (so a connection thread never hangs on a stalled peer).
+    pub fn finish_within(&self, limit: Duration) {
+        let _ = self.0.tx.send(Out::End);
+        let deadline = Instant::now() + limit;
+        loop {
+            let done = self
+                .0
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished);
+            if done {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.finish();
+    }
+
     /// Writes everything sent so far, then stops the writer and waits for it.
     pub fn finish(&self) {
         let _ = self.0.tx.send(Out::End);
@@ -1160,6 +1185,26 @@ mod tests {
             "sending never blocked"
         );
         sink.finish();
+
+        // A peer that stops reading at the end: finishing gives up on it after the limit.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let sink = EventSink::bounded(
+            Stalled(stop.clone()),
+            usize::MAX,
+            Some(Box::new(move || flag.store(true, Ordering::SeqCst))),
+        );
+        sink.send(&big);
+        let t = Instant::now();
+        sink.finish_within(Duration::from_millis(200));
+        assert!(
+            stop.load(Ordering::SeqCst),
+            "the stalled connection was shut down"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "finishing did not hang"
+        );
     }
 }
 
