@@ -110,6 +110,8 @@ pub struct EngineLink {
     log: Option<PathBuf>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
+    /// The engine this instance started exited with an error (seen by `wait_exit`).
+    failed: bool,
 }
 
 fn spawn_reader(
@@ -191,6 +193,7 @@ impl EngineLink {
             log: None,
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             stderr_reader: None,
+            failed: false,
         }
     }
 
@@ -403,10 +406,19 @@ impl EngineLink {
 
     /// After the connection closed: how the engine this instance started ended (waiting
     /// briefly), `None` when it is still running, was started by another instance, or is remote.
+    ///
+    /// A shared engine this instance started that exited with status 0 ended by itself (it lost
+    /// the start-up race to another instance's engine, or stopped when idle): it does not explain
+    /// the closed connection, so that is `None` too.
     pub fn wait_exit(&mut self) -> Option<ExitStatus> {
+        let shared = self.closer.is_some();
         let child = self.child.as_mut()?;
         for _ in 0..50 {
             if let Ok(Some(s)) = child.try_wait() {
+                if shared && s.success() {
+                    return None;
+                }
+                self.failed = !s.success();
                 return Some(s);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -418,7 +430,9 @@ impl EngineLink {
     /// shared engine's log.
     pub fn last_stderr(&self) -> Option<String> {
         if let Some(log) = &self.log {
-            return last_line(log);
+            // The log is shared by every engine started on this socket: its last line is this
+            // instance's engine's only when that engine failed.
+            return self.failed.then(|| last_line(log)).flatten();
         }
         if let Some(reader) = &self.stderr_reader {
             for _ in 0..50 {
