@@ -9,31 +9,18 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use songgen_engine::lm::conditioners::ConditionPrefix;
 use songgen_engine::lm::model::LeLm;
-use songgen_engine::lm::{quality, LmConfig, LmVersion};
+use songgen_engine::lm::{quality, LmConfig};
 use songgen_engine::quant::{LinearLoader, LmPrecision};
 
+/// The mid config of `benches/lelm.rs`: v2-large's vocabulary, delays and prefix, narrower.
 fn config() -> LmConfig {
     LmConfig {
-        version: LmVersion::V2,
         dim: 1024,
         intermediate_size: 5504,
         num_heads: 8,
         num_layers: 8,
         num_layers_sub: 4,
-        code_depth: 3,
-        code_size: 16384,
-        max_position_embeddings: 10000,
-        max_position_embeddings_sub: 10000,
-        rope_theta: 500000.0,
-        rope_theta_sub: 500000.0,
-        delays: vec![0, 250, 250],
-        cfg_coef: 1.5,
-        lyrics_max_len: 600,
-        style_max_len: 100,
-        structure_tags: Vec::new(),
-        prompt_frames: 250,
-        frame_rate: 25,
-        max_dur: 270.0,
+        ..LmConfig::v2_large()
     }
 }
 

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 
 use crate::io::weights::WeightFile;
-use crate::lm::{LmConfig, LmVersion};
+use crate::lm::LmConfig;
 use crate::paths::ModelPaths;
 use crate::quant::LmPrecision;
 use crate::render::flow::estimator::EstimatorConfig;
@@ -84,26 +84,11 @@ impl Preset {
             Preset::V2Medium => (1536, 8960, 12, 28),
         };
         let lm = LmConfig {
-            version: LmVersion::V2,
             dim,
             intermediate_size: ffn,
             num_heads: heads,
             num_layers: layers,
-            num_layers_sub: 12,
-            code_depth: 3,
-            code_size: 16384,
-            max_position_embeddings: 10000,
-            max_position_embeddings_sub: 10000,
-            rope_theta: 500000.0,
-            rope_theta_sub: 500000.0,
-            delays: vec![0, 250, 250],
-            cfg_coef: 1.5,
-            lyrics_max_len: 600,
-            style_max_len: 100,
-            structure_tags: Vec::new(),
-            prompt_frames: 250,
-            frame_rate: 25,
-            max_dur: 270.0,
+            ..LmConfig::v2_large()
         };
         ModelShapes {
             lm,

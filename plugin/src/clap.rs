@@ -54,20 +54,7 @@ struct Ports {
 
 impl Ports {
     fn new(channels: Vec<usize>, max_frames: usize) -> Self {
-        let mut storage: Vec<Vec<f32>> = channels
-            .iter()
-            .map(|&c| vec![0.0; c * max_frames])
-            .collect();
-        let pointers = storage
-            .iter_mut()
-            .zip(&channels)
-            .map(|(s, &c)| {
-                // SAFETY: c * max_frames samples were allocated.
-                (0..c)
-                    .map(|i| unsafe { s.as_mut_ptr().add(i * max_frames) })
-                    .collect()
-            })
-            .collect();
+        let (storage, pointers) = crate::playback::stand_in_channels(&channels, max_frames);
         let empty = clap_audio_buffer {
             data32: std::ptr::null_mut(),
             data64: std::ptr::null_mut(),

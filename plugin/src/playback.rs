@@ -390,3 +390,28 @@ mod tests {
         assert_eq!(track.frame(-1), (0.0, 0.0));
     }
 }
+
+/// Zeroed sample storage for buses a host leaves without buffers (the CLAP and VST3 entry layers
+/// hand these to nice-plug in their place): per bus `channels × max_frames` samples, and a pointer
+/// to each channel's `max_frames`. Allocated at activation, never on the audio thread; the
+/// pointers stay valid as long as the returned storage lives (its buffers never reallocate).
+pub(crate) fn stand_in_channels(
+    channels: &[usize],
+    max_frames: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<*mut f32>>) {
+    let mut storage: Vec<Vec<f32>> = channels
+        .iter()
+        .map(|&c| vec![0.0; c * max_frames])
+        .collect();
+    let pointers = storage
+        .iter_mut()
+        .zip(channels)
+        .map(|(s, &c)| {
+            (0..c)
+                // SAFETY: c * max_frames samples were allocated.
+                .map(|i| unsafe { s.as_mut_ptr().add(i * max_frames) })
+                .collect()
+        })
+        .collect();
+    (storage, pointers)
+}

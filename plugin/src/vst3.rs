@@ -64,20 +64,7 @@ struct StandIns {
 
 impl StandIns {
     fn new(channels: Vec<usize>, max_frames: usize) -> Self {
-        let mut storage: Vec<Vec<f32>> = channels
-            .iter()
-            .map(|&c| vec![0.0; c * max_frames])
-            .collect();
-        let pointers = storage
-            .iter_mut()
-            .zip(&channels)
-            .map(|(s, &c)| {
-                (0..c)
-                    // SAFETY: c * max_frames samples were allocated.
-                    .map(|i| unsafe { s.as_mut_ptr().add(i * max_frames) })
-                    .collect()
-            })
-            .collect();
+        let (storage, pointers) = crate::playback::stand_in_channels(&channels, max_frames);
         let buses = channels
             .iter()
             .map(|_| AudioBusBuffers {
