@@ -49,7 +49,7 @@ want_stamp=$(echo $wanted | tr ' ' '\n' | sort | tr '\n' ' ')
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_stamp" ]; then
   # --no-deps: the wheels' own dependencies are other CUDA wheels we pin ourselves.
   # shellcheck disable=SC2086
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile --upgrade \
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$dir" $wanted >&2
   echo "$want_stamp" >"$stamp"
 fi

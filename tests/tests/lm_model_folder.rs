@@ -92,8 +92,7 @@ struct Folder {
 
 impl Folder {
     fn new(tag: &str, model_name: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("songgen-lm-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = songgen_tests::temp_dir(&format!("lm-{tag}"));
         let model = root.join(model_name);
         let runtime = root.join("runtime");
         let tok = runtime.join("third_party/Qwen2-7B");

@@ -71,8 +71,7 @@ fn q8_0_agrees_with_f32_on_the_fixture_lm() {
 #[test]
 fn a_quantize_gguf_file_loads_to_the_same_network() {
     let weights = fixture_dir("lelm").join("model.safetensors");
-    let dir = std::env::temp_dir().join(format!("songgen-quant-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = songgen_tests::temp_dir("quant");
     let gguf = dir.join("model.q8_0.gguf");
     let (total, quantized) =
         songgen_engine::lm::write_quantized(&weights, &gguf, LmPrecision::Q8_0).unwrap();

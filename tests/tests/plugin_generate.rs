@@ -27,8 +27,7 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn generate_makes_a_selected_take_that_plays() {
-    let dir = std::env::temp_dir().join(format!("songgen-generate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = songgen_tests::temp_dir("generate");
     std::env::set_var(files::CACHE_ENV, dir.join("cache"));
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_ENGINE", env!("CARGO_BIN_EXE_songgen-test-engine"));

@@ -70,8 +70,7 @@ fn wait_for_take(params: &SongGenParams, status: &Mutex<UiStatus>) {
 fn a_missing_model_is_reported_with_the_engines_own_message() {
     let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let songgen = songgen_tests::songgen_bin();
-    let dir = std::env::temp_dir().join(format!("songgen-real-engine-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = songgen_tests::temp_dir("real-engine");
     std::env::set_var("SONGGEN_HOME", dir.join("home"));
     std::env::set_var("SONGGEN_CACHE_DIR", dir.join("cache"));
     std::env::set_var("SONGGEN_CONFIG_DIR", dir.join("config"));

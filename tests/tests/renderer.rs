@@ -30,9 +30,7 @@ fn tokens(t: usize, bad: Option<(usize, usize, i64)>) -> Tensor {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("songgen-renderer-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    songgen_tests::temp_dir(&format!("renderer-{name}"))
 }
 
 #[test]

@@ -443,10 +443,7 @@ pub fn ardour_vst3_scanner() -> Option<PathBuf> {
     None
 }
 
-/// A fresh empty folder under the system temp dir.
+/// A fresh empty folder under the system temp dir, removed when the test process exits.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("songgen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    songgen_tests::temp_dir(name)
 }
