@@ -14,12 +14,18 @@
 //!   q8_0/q4_k) and GGUF files of quantized LMs;
 //! - [`plan`]: the memory plan of a job from shapes alone (`songgen doctor --plan`);
 //! - [`progress`]: progress reports and the one cancellation mechanism every stage uses;
-//! - `cli/`: the `songgen` command (the binary, feature `cli`);
+//! - [`cli`]: the `songgen` command (feature `cli`; `src/bin/songgen.rs` is its `main`, and
+//!   the tests build the same command as `songgen-cli`);
 //! - `parity`: the reference-fixture runner (feature `parity`, used by xtask and the tests).
 //!
 //! The wire protocol, lyric checker, tag vocabularies, licence record and paths live in the
 //! light `songgen-protocol` crate (shared with the plugin) and are re-exported here.
 
+// The CLI modules name the library by its crate name, as any user of it does.
+extern crate self as songgen_engine;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod gpu;
 pub mod io;
 pub mod lm;

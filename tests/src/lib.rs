@@ -20,14 +20,14 @@ pub fn fixture_dir(kind: &str) -> PathBuf {
     repo_root().join("tests/fixtures/parity").join(kind)
 }
 
-/// The `songgen` binary of this build. Cargo only exposes `CARGO_BIN_EXE_*` to the tests of the
-/// package that owns the binary, so it is built here (once per test process) with the same
-/// cargo, profile and target folder as the tests themselves, next to the test executable.
+/// The `songgen` command of this build: this crate's `songgen-cli` binary (the engine's CLI
+/// with the features the tests build the engine with), which cargo builds next to the test
+/// executables' `deps` folder before it runs the integration tests. So no second engine is
+/// compiled for the CLI tests, and the command is never stale.
 pub fn songgen_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // An explicit binary (e.g. a private copy when several checkouts share one target
-        // folder and overwrite each other's `target/debug/songgen`).
+        // An explicit binary (e.g. a CUDA build of `songgen`).
         if let Some(bin) = std::env::var_os("SONGGEN_TEST_BIN") {
             return PathBuf::from(bin);
         }
@@ -37,57 +37,16 @@ pub fn songgen_bin() -> &'static Path {
             .parent()
             .and_then(Path::parent)
             .expect("test binary lives in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target folder");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "songgen-engine",
-            "--bin",
-            "songgen",
-            // The features this crate builds the engine with (Cargo.toml), so cargo finds the
-            // engine library of the test build up to date instead of compiling a second copy.
-            "--features",
-            "parity,testing",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(repo_root());
-        // What `cargo test` sets for this test process only. Some build scripts (ring's) rerun
-        // when `CARGO_MANIFEST_DIR` changes, so passed on it would rebuild them and everything
-        // above them, the engine included.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_BIN_EXE_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                ]
-                .contains(&key.as_ref())
-            {
-                cmd.env_remove(key.as_ref());
-            }
-        }
-        // `cargo test` builds workspace members with the `test` profile; a plain `cargo build`
-        // (profile `dev`) would hash them differently and rebuild the whole engine.
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        } else {
-            cmd.args(["--profile", "test"]);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building songgen failed");
-        let name = format!("songgen{}", std::env::consts::EXE_SUFFIX);
+        let name = format!("songgen-cli{}", std::env::consts::EXE_SUFFIX);
         let built = profile_dir.join(&name);
-        assert!(built.is_file(), "{} was not built", built.display());
+        assert!(
+            built.is_file(),
+            "{} is missing: run the tests through `cargo test -p songgen-tests`, which builds it",
+            built.display()
+        );
         // A private link (a copy across file systems): a build of another checkout sharing the
-        // target folder replaces `target/debug/songgen` with a new file, which leaves this one be.
-        let private = temp_dir("bin").join(name);
+        // target folder replaces the binary with a new file, which leaves this one be.
+        let private = temp_dir("bin").join(format!("songgen{}", std::env::consts::EXE_SUFFIX));
         if std::fs::hard_link(&built, &private).is_err() {
             std::fs::copy(&built, &private).expect("copy the songgen binary");
         }

@@ -1,8 +1,5 @@
-//! `songgen`: the command-line tool (see `songgen --help`).
-
-#[path = "../cli/mod.rs"]
-mod cli;
+//! `songgen`: the command-line tool (see `songgen --help`; the code is [`songgen_engine::cli`]).
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    songgen_engine::cli::main()
 }
