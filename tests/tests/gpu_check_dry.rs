@@ -11,7 +11,9 @@ use songgen_tests::{repo_root, songgen_bin, temp_dir, tiny_model};
 fn the_gpu_check_runs_every_step_on_the_cpu() {
     for tool in ["xz", "python3", "tar"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            println!("SKIPPED: gpu-check dry run needs `{tool}`, which is not installed");
+            songgen_tests::skip(&format!(
+                "gpu-check dry run needs `{tool}`, which is not installed"
+            ));
             return;
         }
     }

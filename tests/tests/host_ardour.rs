@@ -158,13 +158,13 @@ fn plugin_json(chunk: &[u8]) -> serde_json::Value {
 #[test]
 fn ardour_session_keeps_songgen_parameters_and_state_across_save_and_reload() {
     let Some(lua) = ardour_lua() else {
-        eprintln!(
-            "SKIPPED: ardour7-lua not found (install Debian's `ardour` package or set ARDOUR_LUA)"
+        songgen_tests::skip(
+            "ardour7-lua not found (install Debian's `ardour` package or set ARDOUR_LUA)",
         );
         return;
     };
     let Some(scanner) = ardour_vst3_scanner() else {
-        eprintln!("SKIPPED: ardour-vst3-scanner not found (install Debian's `ardour` package)");
+        songgen_tests::skip("ardour-vst3-scanner not found (install Debian's `ardour` package)");
         return;
     };
     let dir = temp_dir("ardour");

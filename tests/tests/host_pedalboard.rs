@@ -48,12 +48,12 @@ fn pedalboard_plays_a_loaded_take_on_the_main_output() {
     match &probe {
         Ok(out) if out.status.success() => {}
         _ => {
-            eprintln!(
-                "SKIPPED: pedalboard is not importable by {} (`pip install pedalboard`, or set \
+            songgen_tests::skip(&format!(
+                "pedalboard is not importable by {} (`pip install pedalboard`, or set \
                  SONGGEN_TEST_PYTHON): {:?}",
                 python().display(),
                 probe.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            );
+            ));
             return;
         }
     }

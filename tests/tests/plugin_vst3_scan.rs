@@ -12,9 +12,9 @@ use plugin_host::{ardour_vst3_scanner, temp_dir, vst3_bundle};
 #[test]
 fn ardour_scanner_loads_the_vst3_bundle_and_sees_all_buses() {
     let Some(scanner) = ardour_vst3_scanner() else {
-        eprintln!(
-            "SKIPPED: ardour-vst3-scanner not found (install Debian's `ardour` package \
-             or set ARDOUR_VST3_SCANNER)"
+        songgen_tests::skip(
+            "ardour-vst3-scanner not found (install Debian's `ardour` package \
+             or set ARDOUR_VST3_SCANNER)",
         );
         return;
     };
@@ -35,7 +35,9 @@ fn ardour_scanner_loads_the_vst3_bundle_and_sees_all_buses() {
         String::from_utf8_lossy(&out.stderr)
     );
     if text.contains("error while loading shared libraries") {
-        eprintln!("SKIPPED: the scanner's libraries are missing (libglibmm-2.4-1v5, libarchive13):\n{text}");
+        songgen_tests::skip(&format!(
+            "the scanner's libraries are missing (libglibmm-2.4-1v5, libarchive13):\n{text}"
+        ));
         return;
     }
     assert!(out.status.success(), "scanner failed:\n{text}");
