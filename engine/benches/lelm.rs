@@ -22,17 +22,6 @@ use songgen_engine::lm::LmConfig;
 use songgen_engine::protocol::SamplingOptions;
 use songgen_engine::quant::{LinearLoader, LmPrecision};
 
-fn config() -> LmConfig {
-    LmConfig {
-        dim: 1024,
-        intermediate_size: 5504,
-        num_heads: 8,
-        num_layers: 8,
-        num_layers_sub: 4,
-        ..LmConfig::v2_large()
-    }
-}
-
 struct Setup {
     model: LeLm,
     prefix: ConditionPrefix,
@@ -41,7 +30,7 @@ struct Setup {
 }
 
 fn setup(precision: LmPrecision) -> Setup {
-    let cfg = config();
+    let cfg = LmConfig::mid_size();
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device).pp("audiolm");
@@ -95,7 +84,7 @@ fn bench(c: &mut Criterion) {
         });
     }
 
-    let cfg = config();
+    let cfg = LmConfig::mid_size();
     let processor = LogitProcessor::new(SamplingOptions::default(), cfg.code_size).unwrap();
     let logits = || {
         Tensor::randn(0f32, 3.0, (3, cfg.logit_width()), &Device::Cpu)

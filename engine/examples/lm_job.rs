@@ -26,20 +26,9 @@ use songgen_engine::lm::model::LeLm;
 use songgen_engine::lm::LmConfig;
 use songgen_engine::quant::{GgufWeights, LinearLoader, LmPrecision};
 
-fn config() -> LmConfig {
-    LmConfig {
-        dim: 1024,
-        intermediate_size: 5504,
-        num_heads: 8,
-        num_layers: 8,
-        num_layers_sub: 4,
-        ..LmConfig::v2_large()
-    }
-}
-
 fn write(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cfg = config();
+    let cfg = LmConfig::mid_size();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("audiolm");
     LeLm::load(&cfg, vb)?;
@@ -56,7 +45,7 @@ fn write(dir: &Path) -> Result<()> {
 }
 
 fn run(weights: &Path, precision: LmPrecision, steps: usize) -> Result<()> {
-    let cfg = config();
+    let cfg = LmConfig::mid_size();
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let mut model = if weights.extension().is_some_and(|e| e == "gguf") {

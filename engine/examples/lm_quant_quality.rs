@@ -12,25 +12,13 @@ use songgen_engine::lm::model::LeLm;
 use songgen_engine::lm::{quality, LmConfig};
 use songgen_engine::quant::{LinearLoader, LmPrecision};
 
-/// The mid config of `benches/lelm.rs`: v2-large's vocabulary, delays and prefix, narrower.
-fn config() -> LmConfig {
-    LmConfig {
-        dim: 1024,
-        intermediate_size: 5504,
-        num_heads: 8,
-        num_layers: 8,
-        num_layers_sub: 4,
-        ..LmConfig::v2_large()
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let steps: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(200);
-    let cfg = config();
+    let cfg = LmConfig::mid_size();
     let dev = Device::Cpu;
     // Create the variables, then give them the reference's random init (N(0, 0.02)).
     let varmap = VarMap::new();

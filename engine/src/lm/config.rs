@@ -88,6 +88,21 @@ pub struct LmConfig {
 }
 
 impl LmConfig {
+    /// The mid-size config of the LM benchmarks and perf examples (`benches/lelm.rs`,
+    /// `examples/lm_job.rs`, `examples/lm_quant_quality.rs`, and the PyTorch side in
+    /// docs/perf.md): v2-large's vocabulary, delays and prefix, with dim 1024, intermediate 5504
+    /// (the real ratio), 8 heads of 128 and 8 + 4 layers.
+    pub fn mid_size() -> Self {
+        Self {
+            dim: 1024,
+            intermediate_size: 5504,
+            num_heads: 8,
+            num_layers: 8,
+            num_layers_sub: 4,
+            ..Self::v2_large()
+        }
+    }
+
     /// The released `songgeneration_v2_large` config (research/lelm.md §5): dim 2048, 11008
     /// intermediate, 16 heads, 36 + 12 layers, the real code vocabulary, prefix and durations,
     /// without structure tags. For random-weight benchmarks and timings.
