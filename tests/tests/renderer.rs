@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use songgen_engine::io::weights::WeightFile;
@@ -27,10 +27,6 @@ fn tokens(t: usize, bad: Option<(usize, usize, i64)>) -> Tensor {
         v[stream * t + frame] = code;
     }
     Tensor::from_vec(v, (1, 3, t), &Device::Cpu).unwrap()
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    songgen_tests::temp_dir(&format!("renderer-{name}"))
 }
 
 #[test]
@@ -102,7 +98,7 @@ fn load_with_flow(flow: &Path) -> String {
 fn bad_weight_files_name_the_file_and_tensor() {
     let dir = fixture_dir("decoder");
     let src = dir.join("flow.safetensors");
-    let tmp = tmp_dir("weights");
+    let tmp = songgen_tests::temp_dir("renderer-weights");
 
     let wrong_shape = tmp.join("wrong_shape.safetensors");
     let key = "cfm_wrapper.estimator.h.1.attn.c_attn.weight";

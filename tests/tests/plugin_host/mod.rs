@@ -444,6 +444,4 @@ pub fn ardour_vst3_scanner() -> Option<PathBuf> {
 }
 
 /// A fresh empty folder under the system temp dir, removed when the test process exits.
-pub fn temp_dir(name: &str) -> PathBuf {
-    songgen_tests::temp_dir(name)
-}
+pub use songgen_tests::temp_dir;
