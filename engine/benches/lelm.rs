@@ -54,6 +54,8 @@ fn setup(precision: LmPrecision) -> Setup {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the `songgen` binary runs.
+    songgen_engine::heap::keep_freed_memory();
     let mut s = setup(LmPrecision::F32);
     let mut group = c.benchmark_group("lelm_d1024_l8+4");
     group

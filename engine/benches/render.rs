@@ -18,6 +18,8 @@ fn random_vb() -> VarBuilder<'static> {
 }
 
 fn benches(c: &mut Criterion) {
+    // As the `songgen` binary runs.
+    songgen_engine::heap::keep_freed_memory();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("render");
     g.sampling_mode(SamplingMode::Flat)

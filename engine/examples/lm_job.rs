@@ -87,6 +87,8 @@ fn run(weights: &Path, precision: LmPrecision, steps: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As the `songgen` binary runs.
+    songgen_engine::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

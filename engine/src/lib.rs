@@ -27,7 +27,9 @@ extern crate self as songgen_engine;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod gpu;
+pub mod heap;
 pub mod io;
+pub mod kernels;
 pub mod lm;
 #[cfg(feature = "parity")]
 pub mod parity;

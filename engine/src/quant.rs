@@ -126,6 +126,9 @@ impl FromStr for LmPrecision {
     }
 }
 
+/// From this many rows, a quantized CPU layer multiplies through its expanded float weight.
+const DEQUANTIZE_ROWS: usize = 64;
+
 /// A linear layer `y = x W^T + b` with its weight in matmul layout.
 #[derive(Debug, Clone)]
 pub enum QLinear {
@@ -194,7 +197,19 @@ impl Module for QLinear {
                 } else {
                     x2.contiguous()?
                 };
-                (w.forward(&x2)?, *out, bias)
+                let y = match w {
+                    // candle's CPU quantized matmul is a dot product per output element, fine
+                    // for a decode step's few rows but 3.5x slower than f32 gemm for a prefill's
+                    // thousands (docs/perf.md): there, expand this layer's weight to floats for
+                    // one blocked gemm. The expansion costs one pass over the weight, and only
+                    // one layer's float copy lives at a time.
+                    QMatMul::QTensor(q) if x2.device().is_cpu() && rows >= DEQUANTIZE_ROWS => {
+                        let wf = q.dequantize(x2.device())?.to_dtype(x2.dtype())?;
+                        x2.matmul(&wf.t()?)?
+                    }
+                    _ => w.forward(&x2)?,
+                };
+                (y, *out, bias)
             }
         };
         let y = match bias {
@@ -496,7 +511,8 @@ mod tests {
             &dev,
         );
         let x = Tensor::randn(0f32, 1.0, (2, 1, 256), &dev)?;
-        let want = candle_nn::Linear::new(w, Some(b)).forward(&x)?;
+        let float = candle_nn::Linear::new(w, Some(b));
+        let want = float.forward(&x)?;
         for p in [LmPrecision::Q8_0, LmPrecision::Q4K] {
             let l = LinearLoader::new(p, None).linear(256, 64, true, vb.pp("l"))?;
             assert!(l.is_quantized(), "{p}");
@@ -506,6 +522,24 @@ mod tests {
             let rel = rms(&(&want - l.forward(&x)?)?)? / rms(&want)?;
             let tol = if p == LmPrecision::Q8_0 { 0.015 } else { 0.15 };
             assert!(rel < tol && rel > 0.0, "{p}: relative error {rel}");
+            // A prefill's many rows go through the expanded weight: the same layer, within
+            // the same error of the float one, and each row as the few-row kernel gives it
+            // up to the activations' own 8-bit rounding there.
+            let xs = Tensor::randn(0f32, 1.0, (2, DEQUANTIZE_ROWS / 2 + 3, 256), &dev)?;
+            let many = l.forward(&xs)?;
+            let rel_many = rms(&(float.forward(&xs)? - &many)?)? / rms(&many)?;
+            assert!(
+                rel_many < tol && rel_many > 0.0,
+                "{p}: many rows, error {rel_many}"
+            );
+            let few = Tensor::cat(
+                &(0..xs.dim(1)?)
+                    .map(|i| l.forward(&xs.narrow(1, i, 1)?))
+                    .collect::<Result<Vec<_>>>()?,
+                1,
+            )?;
+            let rel_rows = rms(&(&few - &many)?)? / rms(&many)?;
+            assert!(rel_rows < 0.02, "{p}: many vs few rows {rel_rows}");
         }
         // Below the block the weight and its input are zero-padded.
         let small = LinearLoader::new(LmPrecision::Q8_0, None).linear(8, 4, false, vb.pp("s"))?;

@@ -112,6 +112,7 @@ impl Failure {
 pub type CliResult = Result<(), Failure>;
 
 pub fn main() -> ExitCode {
+    crate::heap::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),

@@ -12,6 +12,7 @@ use candle_nn::kv_cache::KvCache;
 use candle_nn::VarBuilder;
 
 use super::config::RMS_NORM_EPS;
+use crate::kernels;
 use crate::quant::{LinearLoader, QLinear};
 
 /// Shape of one stack.
@@ -113,7 +114,7 @@ impl Attention {
         })
     }
 
-    fn forward(&mut self, x: &Tensor, rotary: &Rotary, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, rotary: &Rotary) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let start = self.cache.current_seq_len();
         let heads = |t: Tensor| -> Result<Tensor> {
@@ -126,13 +127,8 @@ impl Attention {
         let v = heads(self.v_proj.forward(x)?)?;
         let (k, v) = self.cache.append(&k, &v)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let probs =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        // New position i sees the cache and new positions <= i (a decode step: the whole cache).
+        let probs = kernels::softmax_scaled(&q.matmul(&k.t()?)?, scale, Some(start))?;
         let out = probs.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, s, d))?;
         Ok(self.o_proj.forward(&out)?)
@@ -160,10 +156,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        Ok(self.down_proj.forward(&kernels::silu_mul(&gate, &up)?)?)
     }
 }
 
@@ -184,10 +179,10 @@ impl Block {
         })
     }
 
-    fn forward(&mut self, x: &Tensor, rotary: &Rotary, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, rotary: &Rotary) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, rotary, mask)?)?;
+            .forward(&self.input_layernorm.forward(x)?, rotary)?)?;
         Ok((&h
             + self
                 .mlp
@@ -230,16 +225,9 @@ impl LlamaStack {
 
     /// Runs `x` `[B, S, d]` after the cached positions; returns the final-normed hidden states.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let s = x.dim(1)?;
-        let past = self.cached_len();
-        let mask = if s > 1 {
-            Some(causal_mask(s, past, x.dtype(), x.device())?)
-        } else {
-            None
-        };
         let mut h = x.clone();
         for layer in &mut self.layers {
-            h = layer.forward(&h, &self.rotary, mask.as_ref())?;
+            h = layer.forward(&h, &self.rotary)?;
         }
         self.norm.forward(&h)
     }
@@ -250,14 +238,4 @@ impl LlamaStack {
             layer.self_attn.reset(capacity);
         }
     }
-}
-
-/// `[S, past + S]` additive mask: new position `i` sees cached positions and new ones `<= i`.
-fn causal_mask(s: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..s)
-        .flat_map(|i| {
-            (0..past + s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (s, past + s), device)?.to_dtype(dtype)?)
 }

@@ -955,6 +955,8 @@ fn run_one(model: &mut dyn SongModel, q: &Queued) {
         Err(PipelineError::Cancelled) => q.sink.send(&Event::Cancelled { id: q.id.clone() }),
         Err(e) => q.sink.send(&error(e.to_string())),
     }
+    // The job's tensors are gone; an idle engine should not keep their pages.
+    crate::heap::release_free_memory();
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use crate::kernels;
 use crate::quant::QLinear;
 use serde::Deserialize;
 
@@ -265,8 +266,8 @@ impl Block {
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let q_rot = rope.apply(&q)?;
         let k_rot = rope.apply(&k)?;
-        let scores = (q_rot.matmul(&k_rot.t()?)? / (hd as f64).sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = q_rot.matmul(&k_rot.t()?)?;
+        let probs = kernels::softmax_scaled(&scores, 1.0 / (hd as f64).sqrt(), None)?;
         let attn = probs
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
@@ -275,7 +276,9 @@ impl Block {
         let h = (h + attn_out.broadcast_mul(&gate_a)?)?;
 
         let x = modulate(&self.ln_2.forward(&h)?, &shift_m, &scale_m)?;
-        let mlp_out = self.mlp_proj.forward(&self.c_fc.forward(&x)?.gelu()?)?;
+        let mlp_out = self
+            .mlp_proj
+            .forward(&kernels::gelu_tanh(&self.c_fc.forward(&x)?)?)?;
         let h_out = (&h + mlp_out.broadcast_mul(&gate_m)?)?;
         let trace = if trace {
             let bhld_to_blhd = |t: &Tensor| t.transpose(1, 2)?.contiguous();
