@@ -136,7 +136,13 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// additive `−∞` mask). The softmax runs in f32 and the result has `x`'s dtype, like the
 /// reference's `softmax(scores · scale + mask, dtype=float32).to(dtype)`.
 pub fn softmax_scaled(x: &Tensor, scale: f64, causal_past: Option<usize>) -> Result<Tensor> {
+    if !(scale > 0.0 && scale.is_finite()) {
+        candle_core::bail!("softmax scale must be positive and finite, got {scale}");
+    }
     let cols = x.dim(D::Minus1)?;
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     let rows_per_matrix = if x.rank() >= 2 { x.dim(D::Minus2)? } else { 1 };
     if let Some(p) = causal_past {
         if cols != p + rows_per_matrix {
@@ -245,19 +251,7 @@ pub fn causal_mask(s: usize, past: usize, dtype: DType, device: &Device) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::quant::tests::max_abs as max_abs_diff;
 
     #[test]
     fn exp_matches_libm_over_its_range() {
@@ -321,6 +315,9 @@ mod tests {
         let want = softmax_scaled(&xh.to_dtype(DType::F32)?, 0.5, Some(5))?;
         assert!(max_abs_diff(&got.to_dtype(DType::F32)?, &want) < 2e-3);
         assert!(softmax_scaled(&xh, 0.5, Some(4)).is_err());
+        assert!(softmax_scaled(&xh, 0.0, None).is_err());
+        let empty = Tensor::zeros((2, 0, 0), DType::F32, &dev)?;
+        assert_eq!(softmax_scaled(&empty, 1.0, Some(0))?.dims(), &[2, 0, 0]);
         Ok(())
     }
 }

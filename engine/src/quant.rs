@@ -464,12 +464,13 @@ pub fn write_gguf(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use super::*;
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute difference of two f32 tensors (the engine's unit tests share it).
+    pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
