@@ -15,7 +15,8 @@
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor, D};
 use rayon::prelude::*;
 
-/// Rows handed to one rayon task: big enough to amortise the task, small enough to balance.
+/// Elements (whole rows, for the softmax) handed to one rayon task: enough to amortise the
+/// task, few enough to balance the threads.
 const MIN_TASK_ELEMS: usize = 1 << 15;
 
 /// The tensor's elements when it is contiguous f32 on the CPU.
