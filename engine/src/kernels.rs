@@ -240,7 +240,7 @@ fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// `[s, past + s]` additive mask: new position `i` sees cached positions and new ones `<= i`.
-pub fn causal_mask(s: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+fn causal_mask(s: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..s)
         .flat_map(|i| {
             (0..past + s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
